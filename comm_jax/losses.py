@@ -1,0 +1,209 @@
+"""Contrastive objectives: CoMM's fused multimodal loss and the baselines (CLIP, Cross+Self, CMC, SimCLR).
+
+Every loss takes `view1`, `view2` of shape `[n_modalities + 1, batch, dim]` (not normalised): entry
+`e < n` is the embedding of the single-modality-masked input, the last entry the full multimodal
+one. Each returns `(loss, metrics)`.
+
+With `axis_name` set (inside `jax.shard_map` with the batch sharded over that mesh axis or axes),
+the arrays are the device's local rows: each device all-gathers the embeddings once and scores its
+local rows against the global columns; positives sit at offset `axis_index * local_batch`. No
+device forms the global `N x N` logits, and the result equals the single-device loss.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+AxisName = str | tuple[str, ...] | None
+
+LOG_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Rows scaled to unit L2 norm (as torch's F.normalize), computed in float32."""
+    x = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def _gather(x: jax.Array, axis_name: AxisName, axis: int) -> tuple[jax.Array, jax.Array]:
+    """All rows of `x` across `axis_name` along `axis`, and this device's row offset in them."""
+    if axis_name is None:
+        return x, jnp.zeros((), jnp.int32)
+    local = x.shape[axis]
+    full = jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
+    return full, jax.lax.axis_index(axis_name) * local
+
+
+def _sum_over_devices(tree, axis_name: AxisName):
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def _scores(rows: jax.Array, cols: jax.Array, spec: str, scale) -> jax.Array:
+    """Similarity logits in float32 from (possibly bf16) normalised embeddings."""
+    return jnp.einsum(spec, rows, cols, preferred_element_type=jnp.float32) * scale
+
+
+def _row_stats(cross: jax.Array, offset: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For logits `[..., b, N]` whose positive for local row i is column `offset + i`:
+    (log-sum-exp over the row, the positive logit, whether the row's argmax is the positive)."""
+    b = cross.shape[-2]
+    target = offset + jnp.arange(b)
+    positive = cross[..., jnp.arange(b), target]
+    correct = jnp.argmax(cross, axis=-1) == target
+    return jax.nn.logsumexp(cross, axis=-1), positive, correct
+
+
+def _self_lse(self_logits: jax.Array, offset: jax.Array) -> jax.Array:
+    """Log-sum-exp over a row of same-view logits `[..., b, N]` with the row's own column removed."""
+    b, n = self_logits.shape[-2:]
+    own = (offset + jnp.arange(b))[:, None] == jnp.arange(n)[None, :]
+    return jax.nn.logsumexp(jnp.where(own, -jnp.inf, self_logits), axis=-1)
+
+
+def nt_xent(a: jax.Array, b: jax.Array, temperature: float = 0.1,
+            axis_name: AxisName = None) -> tuple[jax.Array, jax.Array]:
+    """SimCLR's NT-Xent over 2B rows for `a`, `b` of shape `[batch, dim]` (not normalised).
+
+    Row i of a is scored against every b_j and every a_k (k != i) with target b_i; row i of b
+    against every a_j and b_k (k != i) with target a_i. Returns (mean cross-entropy over the 2B
+    rows, retrieval accuracy in % of the rows of a against b).
+    """
+    a, b = l2_normalize(a), l2_normalize(b)
+    a_all, offset = _gather(a, axis_name, axis=0)
+    b_all, _ = _gather(b, axis_name, axis=0)
+    scale = 1.0 / temperature
+    rows = jnp.stack([a, b])                                   # [2, b, D]
+    cross = _scores(rows, jnp.stack([b_all, a_all]), "vrd,vnd->vrn", scale)
+    same = _scores(rows, jnp.stack([a_all, b_all]), "vrd,vnd->vrn", scale)
+    lse, positive, correct = _row_stats(cross, offset)
+    row_loss = jnp.logaddexp(lse, _self_lse(same, offset)) - positive
+    sums = _sum_over_devices((row_loss.sum(), correct[0].sum()), axis_name)
+    total_rows = 2 * _global_batch(a.shape[0], axis_name)
+    return sums[0] / total_rows, 100.0 * sums[1] / (total_rows / 2)
+
+
+def _global_batch(local: int, axis_name: AxisName):
+    if axis_name is None:
+        return local
+    return local * jax.lax.psum(1, axis_name)
+
+
+def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
+              weights: Sequence[float] | None = None,
+              axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CoMM's loss: each embedding of one view aligned with the full multimodal one of the other.
+
+    view1, view2: `[n + 1, batch, dim]`, entry n the full multimodal embedding (A_e and C_e).
+    L_e = (nt_xent(A_e, C_n) + nt_xent(C_e, A_n)) / 2 and loss = mean_e L_e (weighted if `weights`).
+    All 2(n+1) NT-Xent terms come from three batched similarity matmuls with float32 accumulation:
+    every view row against the other view's full embedding, every full-embedding row against every
+    embedding of the other view, and every row against its own view's columns.
+
+    metrics: `ssl_loss_{e}`, `ssl_acc_{e}` per term and `ssl_acc` (retrieval accuracy in %, as
+    the reference: rows of A_e against C_n and of C_e against A_n, averaged).
+    """
+    if view1.shape != view2.shape or view1.ndim != 3:
+        raise ValueError(f"comm_loss expects two [n+1, batch, dim] arrays, got {view1.shape} and {view2.shape}")
+    n_emb = view1.shape[0]
+    local = jnp.stack([l2_normalize(view1), l2_normalize(view2)])      # [2, E, b, D]: A, C
+    glob, offset = _gather(local, axis_name, axis=2)                   # [2, E, N, D]
+    full_local = local[::-1, -1]                                       # [2, b, D]: C_n, A_n
+    full_glob = glob[::-1, -1]                                         # [2, N, D]: C_n, A_n
+    scale = 1.0 / temperature
+
+    # Rows A_e vs C_n and C_e vs A_n (the "view" rows of each term).
+    view_cross = _scores(local, full_glob, "verd,vnd->vern", scale)
+    # Rows C_n vs A_e and A_n vs C_e (the "full" rows of each term).
+    full_cross = _scores(full_local, glob, "vrd,vend->vern", scale)
+    # Same-view columns of every row group, the diagonal removed. Index [v, e] is group (v, e).
+    self_lse = _self_lse(_scores(local, glob, "verd,vend->vern", scale), offset)
+
+    view_lse, view_pos, view_correct = _row_stats(view_cross, offset)
+    full_lse, full_pos, _ = _row_stats(full_cross, offset)
+    view_rows = jnp.logaddexp(view_lse, self_lse) - view_pos                  # [2, E, b]
+    # A row C_n (v = 0 term) uses C's own columns: self_lse[1, -1]; A_n rows use self_lse[0, -1].
+    full_self = self_lse[::-1, -1][:, None, :]                                 # [2, 1, b]
+    full_rows = jnp.logaddexp(full_lse, full_self) - full_pos                 # [2, E, b]
+
+    sums = _sum_over_devices(
+        ((view_rows + full_rows).sum(axis=(0, 2)), view_correct.sum(axis=(0, 2))), axis_name)
+    batch = _global_batch(view1.shape[1], axis_name)
+    term_loss = sums[0] / (4 * batch)                                          # [E]
+    term_acc = 100.0 * sums[1] / (2 * batch)                                   # [E]
+    w = jnp.ones((n_emb,)) if weights is None else jnp.asarray(weights, jnp.float32)
+    if w.shape != (n_emb,):
+        raise ValueError(f"comm_loss weights must have {n_emb} entries, got {w.shape}")
+    loss = jnp.mean(term_loss * w)
+    metrics = {f"ssl_loss_{e}": term_loss[e] for e in range(n_emb)}
+    metrics |= {f"ssl_acc_{e}": term_acc[e] for e in range(n_emb)}
+    metrics["ssl_acc"] = jnp.mean(term_acc)
+    return loss, metrics
+
+
+def _modality_pairs(view: jax.Array) -> list[tuple[int, int]]:
+    n_modalities = view.shape[0] - 1
+    if n_modalities < 2:
+        raise ValueError("cross-modal losses need at least two modalities")
+    return list(itertools.combinations(range(n_modalities), 2))
+
+
+def clip_loss(view1: jax.Array, view2: jax.Array, log_logit_scale: jax.Array,
+              axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CLIP's symmetric cross-entropy between unimodal embeddings (entries 0..n-1).
+
+    logit scale = exp(log_logit_scale) clamped at 100 (the learnable parameter starts at
+    log(1/0.07)). Averaged over modality pairs and over the two views (the reference feeds one
+    un-augmented view; two augmented ones give the same objective on twice the data).
+    """
+    scale = jnp.exp(jnp.minimum(log_logit_scale, LOG_MAX_LOGIT_SCALE))
+    terms, accs = [], []
+    for view in (view1, view2):
+        z = l2_normalize(view)
+        z_all, offset = _gather(z, axis_name, axis=1)
+        for i, j in _modality_pairs(view):
+            logits = _scores(jnp.stack([z[i], z[j]]), jnp.stack([z_all[j], z_all[i]]),
+                             "vrd,vnd->vrn", scale)
+            lse, positive, correct = _row_stats(logits, offset)
+            sums = _sum_over_devices(((lse - positive).sum(axis=1), correct[0].sum()), axis_name)
+            batch = _global_batch(view.shape[1], axis_name)
+            terms.append(sums[0].mean() / batch)
+            accs.append(100.0 * sums[1] / batch)
+    loss = jnp.mean(jnp.stack(terms))
+    return loss, {"clip_loss": loss, "ssl_acc": jnp.mean(jnp.stack(accs)), "logit_scale": scale}
+
+
+def cmc_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
+             axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CMC: mean NT-Xent over every pair of unimodal embeddings, averaged over the two views."""
+    terms = [nt_xent(view[i], view[j], temperature, axis_name)
+             for view in (view1, view2) for i, j in _modality_pairs(view)]
+    loss = jnp.mean(jnp.stack([t[0] for t in terms]))
+    return loss, {"cross_loss": loss, "ssl_acc": jnp.mean(jnp.stack([t[1] for t in terms]))}
+
+
+def cross_self_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
+                    ssl_scale: float = 1.0,
+                    axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Cross+Self: cross-modal NT-Xent (as CMC) plus `ssl_scale` times the mean over modalities of
+    SimCLR's NT-Xent between the two views of each unimodal embedding (the reference's
+    cross + ssl_scale * (ssl_1 + ssl_2) / 2 for two modalities)."""
+    cross, cross_metrics = cmc_loss(view1, view2, temperature, axis_name)
+    n_modalities = view1.shape[0] - 1
+    selfs = [nt_xent(view1[i], view2[i], temperature, axis_name) for i in range(n_modalities)]
+    self_loss = jnp.mean(jnp.stack([s[0] for s in selfs]))
+    metrics = {"cross_loss": cross, "self_loss": self_loss, "ssl_acc": cross_metrics["ssl_acc"]}
+    metrics |= {f"self_acc_{i}": s[1] for i, s in enumerate(selfs)}
+    return cross + ssl_scale * self_loss, metrics
+
+
+def simclr_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1, index: int = -1,
+                axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SimCLR between the two views of one embedding (`index`: a modality, or -1 for the full one)."""
+    loss, acc = nt_xent(view1[index], view2[index], temperature, axis_name)
+    return loss, {"ssl_acc": acc}

@@ -1,0 +1,147 @@
+"""The multimodal model: per-modality encoder + latent converter -> fusion transformer (one pass
+per mask) -> projection head. Built from the `model` section of a config by `build_model`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from comm_jax.models.adapters import ADAPTERS
+from comm_jax.models.fusion import FusionTransformer, comm_subsets
+from comm_jax.models.head import ProjectionHead
+from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
+from comm_jax.models.sequence_encoders import GRUEncoder, TransformerSequenceEncoder
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
+SEQUENCE_ENCODERS = {"gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
+ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, "none")
+
+
+class _NoEncoder(nnx.Module):
+    """Inputs that are already features (e.g. precomputed embeddings) go straight to the adapter."""
+
+    def __init__(self, n_features: int):
+        self.out_channels = n_features
+
+    def __call__(self, x, valid=None):
+        return x
+
+
+class ModalityEncoder(nnx.Module):
+    """One modality: encoder then latent converter, `inputs -> ([batch, T, width], valid [batch, T])`."""
+
+    def __init__(self, name: str, spec: Mapping[str, Any], width: int, *, dtype, rngs: nnx.Rngs):
+        kind = spec.get("encoder", "none")
+        args = dict(spec.get("encoder_args", {}))
+        shape = tuple(spec["input_shape"])
+        self.is_image = kind in IMAGE_ENCODERS
+        if kind in IMAGE_ENCODERS:
+            self.encoder = IMAGE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args)
+        elif kind in SEQUENCE_ENCODERS:
+            self.encoder = SEQUENCE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args)
+        elif kind == "none":
+            self.encoder = _NoEncoder(shape[-1])
+        else:
+            raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")
+        adapter = spec.get("adapter", "patch" if self.is_image else "identity")
+        if adapter not in ADAPTERS:
+            raise ValueError(f"model.encoders.{name}.adapter: unknown adapter {adapter!r}; known: {tuple(ADAPTERS)}")
+        self.adapter = ADAPTERS[adapter](self.encoder.out_channels, width, dtype=dtype, rngs=rngs,
+                                         **dict(spec.get("adapter_args", {})))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None):
+        x = x.astype(self.dtype)
+        features = self.encoder(x) if self.is_image else self.encoder(x, valid)
+        return self.adapter(features, valid)
+
+
+class MultimodalModel(nnx.Module):
+    """Z for any subset of modalities, and the n + 1 projected embeddings CoMM trains on.
+
+    inputs: dict modality -> array with a leading batch axis (images `[batch, h, w, c]` float,
+    sequences `[batch, steps, features]`, tabular `[batch, features]`); valid: optional dict
+    modality -> `[batch, steps]` bool key-padding masks (False = padding), honoured everywhere.
+    """
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        validate_model_config(cfg)
+        self.dtype = PRECISIONS[cfg.get("precision", "float32")]
+        self.modalities = tuple(cfg.modalities)
+        self.encoders = nnx.Dict({name: ModalityEncoder(name, cfg.encoders[name], cfg.width,
+                                                        dtype=self.dtype, rngs=rngs)
+                                  for name in self.modalities})
+        self.fusion = FusionTransformer(cfg.width, cfg.depth, cfg.heads, mlp_ratio=cfg.get("mlp_ratio", 4),
+                                        dtype=self.dtype, rngs=rngs)
+        self.head = ProjectionHead(cfg.width, cfg.head_hidden, cfg.head_out, dtype=self.dtype, rngs=rngs)
+        if cfg.get("logit_scale", False):
+            self.log_logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
+
+    def _tokens(self, inputs: Mapping[str, jax.Array], names: Sequence[str],
+                valid: Mapping[str, jax.Array] | None):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise ValueError(f"inputs lack modalities {missing}; got {sorted(inputs)}")
+        out = [self.encoders[n](inputs[n], None if valid is None else valid.get(n)) for n in names]
+        return [t for t, _ in out], [v for _, v in out]
+
+    def representations(self, inputs, subsets: Sequence[Sequence[str]], valid=None) -> jax.Array:
+        """Z for each subset of modality names: `[len(subsets), batch, width]`. Each modality
+        encoder runs once; every fusion pass reuses its tokens."""
+        names = [n for n in self.modalities if any(n in s for s in subsets)]
+        unknown = {n for s in subsets for n in s} - set(self.modalities)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; the model has {self.modalities}")
+        tokens, token_valid = self._tokens(inputs, names, valid)
+        index = {n: i for i, n in enumerate(names)}
+        return self.fusion(tokens, token_valid, [tuple(index[n] for n in s) for s in subsets])
+
+    def embed(self, inputs, modalities: Sequence[str] | None = None, valid=None) -> jax.Array:
+        """The representation Z `[batch, width]` (fusion CLS output, before the head)."""
+        return self.representations(inputs, [tuple(modalities or self.modalities)], valid)[0]
+
+    def __call__(self, inputs, valid=None) -> tuple[jax.Array, jax.Array]:
+        """CoMM's n + 1 masks (each modality alone, then all): returns (Z `[n+1, batch, width]`,
+        projected embeddings `[n+1, batch, head_out]` in float32)."""
+        subsets = [tuple(self.modalities[i] for i in s) for s in comm_subsets(len(self.modalities))]
+        z = self.representations(inputs, subsets, valid)
+        return z, self.head(z).astype(jnp.float32)
+
+
+REQUIRED_MODEL_KEYS = ("modalities", "encoders", "width", "depth", "heads", "head_hidden", "head_out")
+
+
+def validate_model_config(cfg) -> None:
+    """Fail early, naming the key, on a model config that cannot build."""
+    missing = [k for k in REQUIRED_MODEL_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"model config lacks keys {missing}")
+    if len(cfg.modalities) < 1 or len(set(cfg.modalities)) != len(cfg.modalities):
+        raise ValueError(f"model.modalities must be distinct names, got {tuple(cfg.modalities)}")
+    for name in cfg.modalities:
+        if name not in cfg.encoders:
+            raise ValueError(f"model.encoders has no entry for modality {name!r}")
+        if "input_shape" not in cfg.encoders[name]:
+            raise ValueError(f"model.encoders.{name}.input_shape is required")
+    if cfg.get("precision", "float32") not in PRECISIONS:
+        raise ValueError(f"model.precision must be one of {tuple(PRECISIONS)}, got {cfg.precision!r}")
+    for key in ("width", "depth", "heads", "head_hidden", "head_out"):
+        if int(cfg[key]) <= 0:
+            raise ValueError(f"model.{key} must be positive, got {cfg[key]}")
+    if cfg.width % cfg.heads:
+        raise ValueError(f"model.width ({cfg.width}) must be divisible by model.heads ({cfg.heads})")
+
+
+def build_model(cfg, seed: int = 0) -> MultimodalModel:
+    """A freshly initialised model from the `model` config section."""
+    return MultimodalModel(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def dummy_inputs(cfg, batch: int = 2) -> dict[str, jax.Array]:
+    """Zeros of each modality's configured input shape, for shape inference and compilation."""
+    return {n: jnp.zeros((batch, *cfg.encoders[n].input_shape), jnp.float32) for n in cfg.modalities}

@@ -1,0 +1,55 @@
+"""Encoders for feature sequences `[batch, steps, features]` -> `[batch, steps, width]`: a GRU and a
+small pre-LN transformer encoder. Both pass the key-padding mask `[batch, steps]` through."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from comm_jax.models.adapters import sincos_1d
+from comm_jax.models.transformer import TransformerStack
+
+
+class GRUEncoder(nnx.Module):
+    """Single-layer GRU returning every step's hidden state. Padding steps (valid False) are
+    skipped: the hidden state is carried unchanged over them, as with packed sequences."""
+
+    def __init__(self, n_features: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cell = nnx.GRUCell(n_features, hidden, dtype=dtype, rngs=rngs)
+        self.hidden = hidden
+        self.out_channels = hidden
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        b, t, _ = x.shape
+        valid_steps = jnp.ones((b, t), bool) if valid is None else valid
+        carry = jnp.zeros((b, self.hidden), x.dtype if self.cell.dtype is None else self.cell.dtype)
+
+        def step(cell, carry, inputs):
+            xt, keep = inputs
+            new_carry, out = cell(carry, xt)
+            new_carry = jnp.where(keep[:, None], new_carry, carry)
+            return new_carry, new_carry
+
+        scan = nnx.scan(step, in_axes=(nnx.StateAxes({...: nnx.Carry}), nnx.Carry, 1), out_axes=(nnx.Carry, 1))
+        _, outputs = scan(self.cell, carry, (x, valid_steps))
+        return outputs
+
+
+class TransformerSequenceEncoder(nnx.Module):
+    """Linear (1x1 conv, no bias) to `width` + fixed 1D sin-cos positions + pre-LN blocks."""
+
+    def __init__(self, n_features: int, width: int, *, depth: int = 2, heads: int = 4,
+                 max_length: int = 512, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.embed = nnx.Linear(n_features, width, use_bias=False, dtype=dtype, rngs=rngs)
+        self.stack = TransformerStack(width, depth, heads, activation="relu", dtype=dtype, rngs=rngs)
+        self.max_length = max_length
+        self.width = width
+        self.out_channels = width
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        if x.shape[1] > self.max_length:
+            raise ValueError(f"sequence of {x.shape[1]} steps exceeds max_length {self.max_length}")
+        tokens = self.embed(x)
+        tokens = tokens + jnp.asarray(sincos_1d(x.shape[1], self.width)).astype(tokens.dtype)
+        return self.stack(tokens, valid)

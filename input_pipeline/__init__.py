@@ -1,0 +1,3 @@
+"""Input pipeline of comm-jax: TFDS builders, augmentations and tf.data construction."""
+
+from input_pipeline import trifeatures  # registers the TFDS builder

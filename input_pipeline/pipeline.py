@@ -1,0 +1,332 @@
+"""tf.data pipelines over any TFDS builder: resumable two-view training batches, padded eval batches.
+
+A split is loaded once into host memory (images stay PNG/JPEG bytes) and checked record by
+record; batches are then built by gathering examples by index, decoding and augmenting them in a
+parallel deterministic map. Training order and augmentation seeds are pure functions of (seed,
+epoch, example index, view, modality), so an iterator rebuilt from ``get_state()`` yields exactly
+the batches the original would have. Batches are numpy dicts (layouts in the iterators' docs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from input_pipeline import augment
+from input_pipeline.iterator_state import TrainStream
+
+Batch = dict[str, dict[str, np.ndarray]]
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # by PNG colour type; palette (3) is left to the decoder
+
+
+@dataclasses.dataclass
+class LoadedSplit:
+    """A split held in memory: ``columns[key]`` is [N, ...] (images: object array of bytes)."""
+
+    name: str
+    split: str
+    columns: dict[str, np.ndarray]
+    ids: np.ndarray
+    image_shapes: dict[str, tuple[int, int, int]]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.ids)
+
+    def describe(self, index: int) -> str:
+        return f"record id={self.ids[index]} (index {index} of {self.name}:{self.split})"
+
+
+def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | None = None,
+               prepare: bool = False) -> LoadedSplit:
+    """Reads features `keys` of a TFDS split into memory and validates every record.
+
+    Raises ValueError naming the field (and the record, by its `id` feature or index) when a key
+    is not a feature of the builder, an image has another shape than the others or than declared,
+    or a float feature holds NaN/inf.
+    """
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        if not prepare:
+            raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; run "
+                             f"tfds.builder({name!r}).download_and_prepare() or set data.prepare=True")
+        builder.download_and_prepare()
+    features = builder.info.features
+    missing = [key for key in keys if key not in features]
+    if missing:
+        raise ValueError(f"field(s) {missing} requested from {name!r} are not among its features "
+                         f"{sorted(features.keys())}")
+    image_keys = [key for key in keys if isinstance(features[key], tfds.features.Image)]
+    wanted = sorted(set(keys) | ({"id"} & set(features.keys())))
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={key: tfds.decode.SkipDecoding() for key in image_keys})
+    dataset = dataset.map(lambda record: {key: record[key] for key in wanted})
+    rows = list(dataset.as_numpy_iterator())
+    if not rows:
+        raise ValueError(f"split {split!r} of {name!r} is empty")
+    ids = np.array([row["id"] if "id" in row else index for index, row in enumerate(rows)])
+    loaded = LoadedSplit(name, split, {}, ids, {})
+    for key in keys:
+        values = [row[key] for row in rows]
+        if key in image_keys:
+            declared = tuple(features[key].shape)
+            loaded.image_shapes[key] = _check_image_shapes(loaded, key, values, declared)
+            loaded.columns[key] = np.array(values, dtype=object)
+        else:
+            loaded.columns[key] = _stack_checked(loaded, key, values)
+    return loaded
+
+
+def encoded_image_shape(data: bytes) -> tuple[int, int, int]:
+    """(height, width, channels) of an encoded image, from its header where possible."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and data[25] in _PNG_CHANNELS:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width, _PNG_CHANNELS[data[25]]
+    if data[:2] == b"\xff\xd8":
+        return tuple(int(d) for d in tf.io.extract_jpeg_shape(data).numpy())
+    return tuple(tf.io.decode_image(data, expand_animations=False).shape)
+
+
+def _check_image_shapes(loaded: LoadedSplit, key: str, values: list[bytes],
+                        declared: tuple) -> tuple[int, int, int]:
+    expected = None
+    for index, data in enumerate(values):
+        try:
+            shape = encoded_image_shape(data)
+        except (tf.errors.InvalidArgumentError, IndexError, struct.error) as error:
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} is not a decodable image: "
+                             f"{error}") from None
+        if expected is None:
+            expected = tuple(d if d is not None else s for d, s in zip(declared, shape))
+        if shape != expected:
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} has image shape {shape}, "
+                             f"expected {expected} (declared {declared})")
+    return expected
+
+
+def _stack_checked(loaded: LoadedSplit, key: str, values: list[np.ndarray]) -> np.ndarray:
+    first_shape = np.shape(values[0])
+    for index, value in enumerate(values):
+        if np.shape(value) != first_shape:
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} has shape {np.shape(value)}, "
+                             f"expected {first_shape} like the first record")
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} contains NaN or inf")
+    return np.stack(values)
+
+
+def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor, view: int,
+                 modality: str) -> tf.Tensor:
+    """Stateless seed [2] of one augmented input, a pure function of its coordinates."""
+    modality_salt = zlib.crc32(modality.encode()) & 0x7FFFFFFF
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    for data in (tf.cast(index, tf.int64), view, modality_salt):
+        key = tf.random.experimental.stateless_fold_in(key, data)
+    return key
+
+
+class _ExampleReader:
+    """Gathers one example by index from a LoadedSplit as tensors and decodes its images."""
+
+    def __init__(self, loaded: LoadedSplit):
+        self._loaded = loaded
+        self._columns = {key: tf.constant(column) for key, column in loaded.columns.items()}
+
+    def read(self, key: str, index: tf.Tensor) -> tf.Tensor:
+        value = tf.gather(self._columns[key], index)
+        if key in self._loaded.image_shapes:
+            shape = self._loaded.image_shapes[key]
+            value = tf.io.decode_image(value, channels=shape[-1], expand_animations=False)
+            value = tf.ensure_shape(value, shape)
+        return value
+
+
+def _finish(x: tf.Tensor) -> tf.Tensor:
+    """Images that no op converted are handed out as float32 in [0, 1] like augmented ones."""
+    return augment.to_unit_float(x) if x.dtype == tf.uint8 else x
+
+
+def _view_specs(data_cfg, modalities: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Op spec per (modality, view); ``augment[m]`` is one spec for both views or a pair."""
+    specs = dict(data_cfg.get("augment", None) or {})
+    unknown = sorted(set(specs) - set(modalities))
+    if unknown:
+        raise ValueError(f"data.augment has entries {unknown} for modalities not in data.modalities "
+                         f"{sorted(modalities)}")
+    views = {}
+    for modality in modalities:
+        spec = specs.get(modality, "")
+        pair = (spec, spec) if isinstance(spec, str) else tuple(spec)
+        if len(pair) != 2:
+            raise ValueError(f"data.augment.{modality} must be a spec or a pair of specs, got {spec!r}")
+        views[modality] = pair
+    return views
+
+
+def _modalities(data_cfg) -> dict[str, str]:
+    modalities = dict(data_cfg.get("modalities", None) or {})
+    if not modalities:
+        raise ValueError("data.modalities must map at least one modality name to a feature key")
+    return modalities
+
+
+def _load_for(data_cfg, split: str, keys: Sequence[str]) -> LoadedSplit:
+    return load_split(data_cfg.name, split, keys, data_dir=data_cfg.get("data_dir", None),
+                      prepare=data_cfg.get("prepare", False))
+
+
+class TrainIterator:
+    """Endless iterator of two-view training batches with an exact, JSON-able position.
+
+    Each ``next()`` gives ``{"view1": {modality: [B, ...]}, "view2": {modality: [B, ...]}}``;
+    images are float32 [B, H, W, C].
+    """
+
+    def __init__(self, dataset_from: Any, stream: TrainStream, position: int = 0):
+        self._dataset_from = dataset_from
+        self.stream = stream
+        self._restart(position)
+
+    def _restart(self, position: int) -> None:
+        self._position = position
+        self._batches = self._dataset_from(position).as_numpy_iterator()
+
+    @property
+    def position(self) -> int:
+        """Number of batches consumed so far (also across restarts)."""
+        return self._position
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._batches)
+        self._position += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """Small JSON-able dict; ``set_state`` of it resumes at exactly the next batch."""
+        return self.stream.state(self._position)
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Moves to the position in `state` (saved by an iterator over the same stream)."""
+        self._restart(self.stream.position_from_state(dict(state)))
+
+
+def make_train_iterator(data_cfg, *, batch_size: int, seed: int, process_index: int = 0,
+                        process_count: int = 1, position: int = 0) -> TrainIterator:
+    """Training iterator of this process: per-host batches of two independently augmented views.
+
+    Reads ``data_cfg.name``, ``data_dir`` (None), ``train_split`` ("train"), ``modalities``
+    {modality: feature key}, ``augment`` {modality: spec or (spec_view1, spec_view2)} (missing:
+    no augmentation), ``shuffle`` (True), ``prepare`` (False: fail when the data is not built).
+    `batch_size` is the per-host batch; `position` the number of batches already consumed.
+    """
+    modalities = _modalities(data_cfg)
+    view_specs = _view_specs(data_cfg, modalities)
+    loaded = _load_for(data_cfg, data_cfg.get("train_split", "train"), sorted(set(modalities.values())))
+    stream = TrainStream(num_examples=loaded.num_examples, seed=int(seed), batch_size=batch_size,
+                         process_index=process_index, process_count=process_count,
+                         shuffle=bool(data_cfg.get("shuffle", True)))
+    reader = _ExampleReader(loaded)
+    view_ops = {(modality, view): augment.parse(view_specs[modality][view - 1])
+                for modality in modalities for view in (1, 2)}
+
+    @tf.autograph.experimental.do_not_convert
+    def two_views(epoch: tf.Tensor, index: tf.Tensor) -> Batch:
+        example = {"view1": {}, "view2": {}}
+        for modality, key in modalities.items():
+            raw = reader.read(key, index)
+            for view in (1, 2):
+                op_seed = example_seed(stream.seed, epoch, index, view, modality)
+                example[f"view{view}"][modality] = _finish(view_ops[modality, view](raw, op_seed))
+        return example
+
+    def dataset_from(position: int) -> tf.data.Dataset:
+        first_epoch, offset = stream.locate(position)
+
+        def epochs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            epoch, start = first_epoch, offset
+            while True:
+                indices = stream.epoch_indices(epoch)[start:]
+                yield np.full(len(indices), epoch, np.int64), indices
+                epoch, start = epoch + 1, 0
+
+        spec = tf.TensorSpec([None], tf.int64)
+        indices = tf.data.Dataset.from_generator(epochs, output_signature=(spec, spec)).unbatch()
+        return (indices.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(batch_size, drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+    return TrainIterator(dataset_from, stream, position)
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+class EvalIterator:
+    """One pass (re-startable) over an evaluation split, padded to a whole number of batches.
+
+    Each batch is ``{"inputs": {modality: [B, ...]}, "labels": {name: int [B]}, "mask": bool [B]}``;
+    padding rows repeat record 0 with mask False. Every process yields ``num_steps`` batches.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, num_steps: int, num_examples: int):
+        self._dataset = dataset
+        self.num_steps = num_steps
+        self.num_examples = num_examples
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._dataset.as_numpy_iterator()
+
+
+def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: int = 0,
+                       process_count: int = 1, labels: Sequence[str] = ()) -> EvalIterator:
+    """Un-augmented batches of this process's share (``index % process_count == process_index``).
+
+    Reads ``data_cfg.name``, ``data_dir``, ``modalities``, ``eval_ops`` {modality: spec} (default
+    "normalize" for image features, no op otherwise) and, when `labels` is empty, ``labels``
+    (feature keys returned under ``"labels"``; any feature, e.g. "id", may be one).
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    modalities = _modalities(data_cfg)
+    label_keys = list(labels) or list(data_cfg.get("labels", None) or [])
+    loaded = _load_for(data_cfg, split, sorted(set(modalities.values()) | set(label_keys)))
+    specs = dict(data_cfg.get("eval_ops", None) or {})
+    default_spec = {key: "normalize" if key in loaded.image_shapes else "" for key in loaded.columns}
+    ops = {modality: augment.parse(specs.get(modality, default_spec[key]))
+           for modality, key in modalities.items()}
+
+    own = np.arange(process_index, loaded.num_examples, process_count, dtype=np.int64)
+    num_steps = _ceil_div(_ceil_div(loaded.num_examples, process_count), batch_size)
+    padded = np.full(num_steps * batch_size, -1, np.int64)
+    padded[:len(own)] = own
+    reader = _ExampleReader(loaded)
+
+    @tf.autograph.experimental.do_not_convert
+    def example(index: tf.Tensor) -> Batch:
+        safe_index = tf.maximum(index, 0)
+        inputs = {}
+        for modality, key in modalities.items():
+            op_seed = example_seed(0, 0, safe_index, 0, modality)
+            inputs[modality] = _finish(ops[modality](reader.read(key, safe_index), op_seed))
+        return {"inputs": inputs, "mask": index >= 0,
+                "labels": {key: reader.read(key, safe_index) for key in label_keys}}
+
+    dataset = (tf.data.Dataset.from_tensor_slices(padded)
+               .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size, drop_remainder=True)
+               .prefetch(tf.data.AUTOTUNE))
+    return EvalIterator(dataset, num_steps, len(own))

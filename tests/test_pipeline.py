@@ -1,0 +1,188 @@
+"""Properties of the tf.data pipelines, checked on a tiny throwaway TFDS dataset built in a tmp dir."""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from input_pipeline import augment, pipeline
+
+NUM_TRAIN, NUM_TEST, SIZE = 40, 13, 16
+BAD_SHAPE_ID, NAN_ID = 7, 11
+
+
+class TinyPairsForPipelineTest(tfds.core.GeneratorBasedBuilder):
+    """Two 16 px images, a float vector, a label and an id per record; configs inject one defect."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in ("clean", "bad_shape", "nan")]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image_a": tfds.features.Image(shape=(None, None, 3)),
+            "image_b": tfds.features.Image(shape=(SIZE, SIZE, 3)),
+            "vector": tfds.features.Tensor(shape=(6,), dtype=np.float32),
+            "label": tfds.features.ClassLabel(num_classes=4),
+            "id": np.int64,
+        }))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(NUM_TRAIN, 0),
+                "test": self._generate_examples(NUM_TEST, 1000)}
+
+    def _generate_examples(self, count: int, first_id: int):
+        rng = np.random.default_rng(first_id)
+        for offset in range(count):
+            record_id = first_id + offset
+            height = SIZE + 4 if self.builder_config.name == "bad_shape" and record_id == BAD_SHAPE_ID else SIZE
+            vector = rng.normal(size=6).astype(np.float32)
+            if self.builder_config.name == "nan" and record_id == NAN_ID:
+                vector[2] = np.nan
+            yield record_id, {
+                "image_a": rng.integers(0, 256, (height, SIZE, 3), dtype=np.uint8),
+                "image_b": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
+                "vector": vector, "label": record_id % 4, "id": record_id}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    for config in ("clean", "bad_shape", "nan"):
+        tfds.builder(f"tiny_pairs_for_pipeline_test/{config}", data_dir=directory).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return directory
+
+
+def make_cfg(data_dir: str, config: str = "clean", **overrides) -> ml_collections.ConfigDict:
+    fields = {
+        "name": f"tiny_pairs_for_pipeline_test/{config}", "data_dir": data_dir,
+        "train_split": "train",
+        "modalities": {"image": "image_a", "tabular": "vector", "ident": "id"},
+        "augment": {"image": augment.simclr_image_ops(SIZE),
+                    "tabular": "gaussian_noise(p=1.0)|drop_steps(p=0.5)"},
+    }
+    return ml_collections.ConfigDict(fields | overrides)
+
+
+def take(iterator, count: int) -> list:
+    return [next(iterator) for _ in range(count)]
+
+
+def assert_batches_equal(first: list, second: list) -> None:
+    for batch_a, batch_b in zip(first, second, strict=True):
+        for view in ("view1", "view2"):
+            for modality, array in batch_a[view].items():
+                np.testing.assert_array_equal(array, batch_b[view][modality])
+
+
+def test_train_batches_have_two_views_with_per_host_shapes_and_dtypes(data_dir):
+    batch = next(pipeline.make_train_iterator(make_cfg(data_dir), batch_size=8, seed=0))
+    assert set(batch) == {"view1", "view2"}
+    for view in batch.values():
+        assert view["image"].shape == (8, SIZE, SIZE, 3) and view["image"].dtype == np.float32
+        assert view["tabular"].shape == (8, 6) and view["tabular"].dtype == np.float32
+        assert view["ident"].shape == (8,)
+    np.testing.assert_array_equal(batch["view1"]["ident"], batch["view2"]["ident"])
+    assert not np.allclose(batch["view1"]["image"], batch["view2"]["image"])
+    assert not np.allclose(batch["view1"]["tabular"], batch["view2"]["tabular"])
+
+
+def test_same_seed_gives_identical_batches_and_another_seed_does_not(data_dir):
+    cfg = make_cfg(data_dir)
+    first = take(pipeline.make_train_iterator(cfg, batch_size=8, seed=3), 2)
+    again = take(pipeline.make_train_iterator(cfg, batch_size=8, seed=3), 2)
+    other = take(pipeline.make_train_iterator(cfg, batch_size=8, seed=4), 1)
+    assert_batches_equal(first, again)
+    assert not np.array_equal(first[0]["view1"]["image"], other[0]["view1"]["image"])
+
+
+def test_resumed_iterator_continues_bit_for_bit_across_an_epoch_boundary(data_dir):
+    cfg = make_cfg(data_dir)
+    original = pipeline.make_train_iterator(cfg, batch_size=12, seed=1)
+    take(original, 2)
+    state = json.loads(json.dumps(original.get_state()))
+    # 40 examples in batches of 12: the next batches cover examples 24..59, crossing into epoch 1.
+    continued = take(original, 3)
+    from_position = pipeline.make_train_iterator(cfg, batch_size=12, seed=1, position=state["position"])
+    assert_batches_equal(continued, take(from_position, 3))
+    from_state = pipeline.make_train_iterator(cfg, batch_size=12, seed=1)
+    from_state.set_state(state)
+    assert_batches_equal(continued, take(from_state, 3))
+    assert from_state.position == original.position == 5
+
+
+def test_each_epoch_visits_every_record_once_in_a_new_order(data_dir):
+    iterator = pipeline.make_train_iterator(make_cfg(data_dir), batch_size=8, seed=0)
+    ids = np.concatenate([batch["view1"]["ident"] for batch in take(iterator, 10)])
+    first_epoch, second_epoch = ids[:NUM_TRAIN], ids[NUM_TRAIN:]
+    assert sorted(first_epoch) == sorted(second_epoch) == list(range(NUM_TRAIN))
+    assert not np.array_equal(first_epoch, second_epoch)
+
+
+def test_process_shards_are_disjoint_equal_sized_and_cover_the_split(data_dir):
+    count = 3
+    per_process = NUM_TRAIN // count
+    cfg = make_cfg(data_dir, modalities={"ident": "id"}, augment={})
+    shards = [next(pipeline.make_train_iterator(
+        cfg, batch_size=per_process, seed=2, process_index=index,
+        process_count=count))["view1"]["ident"] for index in range(count)]
+    union = np.concatenate(shards)
+    assert all(len(shard) == per_process for shard in shards)
+    assert len(set(union.tolist())) == len(union) == count * per_process
+    assert set(union.tolist()) <= set(range(NUM_TRAIN))
+
+
+def test_state_from_another_stream_is_rejected(data_dir):
+    iterator = pipeline.make_train_iterator(make_cfg(data_dir), batch_size=8, seed=0)
+    state = iterator.get_state() | {"batch_size": 16}
+    with pytest.raises(ValueError, match="batch_size"):
+        iterator.set_state(state)
+
+
+def test_eval_batches_are_padded_masked_and_cover_each_record_once_across_hosts(data_dir):
+    cfg = make_cfg(data_dir)
+    seen, steps = [], []
+    for index in range(2):
+        iterator = pipeline.make_eval_iterator(cfg, "test", batch_size=4, process_index=index,
+                                               process_count=2, labels=("label", "id"))
+        batches = list(iterator)
+        steps.append(len(batches))
+        assert len(batches) == len(iterator)
+        for batch in batches:
+            assert batch["inputs"]["image"].shape == (4, SIZE, SIZE, 3)
+            assert batch["inputs"]["image"].dtype == np.float32
+            assert batch["mask"].dtype == bool
+            np.testing.assert_array_equal(batch["labels"]["label"][batch["mask"]],
+                                          batch["labels"]["id"][batch["mask"]] % 4)
+            seen.extend(batch["labels"]["id"][batch["mask"]].tolist())
+    assert steps == [2, 2]
+    assert sorted(seen) == list(range(1000, 1000 + NUM_TEST))
+
+
+def test_eval_inputs_are_not_augmented(data_dir):
+    cfg = make_cfg(data_dir)
+    first, second = (next(iter(pipeline.make_eval_iterator(cfg, "test", batch_size=4)))
+                     for _ in range(2))
+    np.testing.assert_array_equal(first["inputs"]["image"], second["inputs"]["image"])
+    assert abs(float(np.mean(first["inputs"]["image"]))) < 1.5  # ImageNet-normalised
+
+
+@pytest.mark.parametrize("config, modalities, pattern", [
+    ("bad_shape", {"image": "image_a"}, f"id={BAD_SHAPE_ID} .*'image_a'.*shape"),
+    ("nan", {"tabular": "vector"}, f"id={NAN_ID} .*'vector'.*NaN"),
+    ("clean", {"image": "image_a", "text": "no_such_feature"}, "no_such_feature"),
+])
+def test_corrupt_records_raise_errors_naming_record_and_field(data_dir, config, modalities, pattern):
+    cfg = make_cfg(data_dir, config, modalities=modalities, augment={})
+    with pytest.raises(ValueError, match=pattern):
+        pipeline.make_train_iterator(cfg, batch_size=4, seed=0)
+
+
+def test_augment_entry_for_an_unknown_modality_is_rejected(data_dir):
+    cfg = make_cfg(data_dir, augment={"imag": "flip_lr"})
+    with pytest.raises(ValueError, match="imag"):
+        pipeline.make_train_iterator(cfg, batch_size=4, seed=0)
