@@ -1,0 +1,83 @@
+"""Train state (step, parameters, batch statistics, optimizer state), AdamW with the reference's
+weight-decay exemptions, and sharded initialisation on a mesh."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from comm_jax.mesh import param_shardings
+from comm_jax.models import build_model
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def decay_mask(params) -> Any:
+    """True where AdamW applies weight decay: weight matrices and conv kernels, never biases,
+    normalisation scales, the CLS token or the logit scale (all of rank < 2 or named bias)."""
+    def decays(path, leaf):
+        last = str(getattr(path[-1], "key", path[-1]))
+        return jnp.ndim(leaf) >= 2 and last != "bias"
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def learning_rate_schedule(opt_cfg, num_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """`constant` (with optional linear warmup) or `cosine` (warmup then cosine decay to 0)."""
+    lr, warmup = float(opt_cfg.lr), int(opt_cfg.get("warmup_steps", 0))
+    kind = opt_cfg.get("schedule", "constant")
+    if kind == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
+                                    [warmup]) if warmup else optax.constant_schedule(lr)
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(num_steps, warmup + 1))
+    raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {kind!r}")
+
+
+def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    schedule = learning_rate_schedule(opt_cfg, num_steps)
+    tx = optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
+                     eps=opt_cfg.get("eps", 1e-8), weight_decay=float(opt_cfg.weight_decay), mask=decay_mask)
+    clip = float(opt_cfg.get("grad_clip", 0.0))
+    if clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    return tx, schedule
+
+
+def split_model(model: nnx.Module):
+    """(graph definition, parameters, batch statistics); anything else in the model is an error."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, params, batch_stats
+
+
+def create_train_state(cfg, mesh: Mesh):
+    """Build the model, optimizer and a train state laid out on `mesh` by `cfg.param_sharding`.
+    Returns (graphdef, state, state_shardings, tx, schedule)."""
+    model = build_model(cfg.model, seed=cfg.seed)
+    graphdef, params, batch_stats = split_model(model)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps)
+
+    def init(params, batch_stats):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                          opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init, params, batch_stats)
+    shardings = param_shardings(abstract, mesh, [tuple(r) for r in cfg.get("param_sharding", ())])
+    state = jax.jit(init, out_shardings=shardings)(params, batch_stats)
+    return graphdef, state, shardings, tx, schedule
+
+
+def abstract_state(state: TrainState, shardings) -> TrainState:
+    """ShapeDtypeStructs with shardings, the restore target for Orbax."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
