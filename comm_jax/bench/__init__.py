@@ -1,0 +1,1 @@
+"""Benchmarks behind `python -m comm_jax.benchmark`: train step, loss, input pipeline, PyTorch anchor."""

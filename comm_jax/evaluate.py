@@ -1,0 +1,209 @@
+"""Evaluation process: watches `WORKDIR/checkpoints` (read-only) and evaluates each new checkpoint
+with the evaluators `config.evals` selects, until training has written its completion marker and
+every retained checkpoint is done.
+
+    python -m comm_jax.evaluate --config=configs/trifeatures.py:cpu --workdir=DIR [--step=N] [--config.key=value ...]
+
+Each checkpoint's model is built from the config saved with it; only its parameters and batch
+statistics are read. Results: `DIR/metrics/eval.jsonl` (one row per step, also how a restarted
+process knows what is done), TensorBoard events under `DIR/metrics/eval`, `DIR/metrics/eval.png`
+and a summary table printed at the end. A checkpoint deleted or unreadable under the watcher is
+skipped with a warning; an evaluator that fails is logged and the others still report.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from comm_jax.checkpoints import CheckpointStore, checkpoint_dir, completed_step
+from comm_jax.evaluators import Evaluator, build_evaluators, resolve_config
+from comm_jax.evaluators.features import EvalContext
+from comm_jax.evaluators.frozen_model import FrozenModel, restore_frozen_model
+from comm_jax.evaluators.report import format_table, plot, read_rows
+from comm_jax.mesh import make_mesh
+from comm_jax.metrics_log import MetricsWriter, console
+
+log = logging.getLogger("comm_jax.evaluate")
+EVAL_LOG = "eval"
+
+
+def evaluation_data(cfg: ml_collections.ConfigDict, evals: ml_collections.ConfigDict) -> dict[str, Iterable]:
+    """Eval iterators of the train and test splits of `evals.probe_data` (default `cfg.data.name`),
+    with the labels of `evals.tasks`; loaded once, re-iterated for every checkpoint."""
+    from input_pipeline.pipeline import make_eval_iterator
+
+    data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
+    data_cfg.name = evals.probe_data or cfg.data.name
+    labels = tuple(dict.fromkeys(dict(evals.tasks).values()))
+    batch = evals.batch_size // jax.process_count()
+    return {split: make_eval_iterator(data_cfg, split, batch_size=batch, labels=labels)
+            for split in dict.fromkeys((evals.train_split, evals.test_split))}
+
+
+def evaluate_model(model: FrozenModel, evaluators: Sequence[Evaluator], sources: Mapping[str, Iterable],
+                   evals: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, float]:
+    """Every evaluator's metrics for one model; one that fails is logged with its error and left out."""
+    requests: dict[str, list] = collections.defaultdict(list)
+    runnable = []
+    for evaluator in evaluators:
+        try:
+            for split, subset in evaluator.requests(model.modalities):
+                requests[split].append(tuple(subset))
+            runnable.append(evaluator)
+        except Exception as error:
+            log.error("evaluator %r failed at step %s: %s", evaluator.name, model.step, error)
+    limits = {evals.train_split: evals.train_examples, evals.test_split: evals.test_examples}
+    ctx = EvalContext(model, mesh, sources, requests, limits)
+    metrics: dict[str, float] = {}
+    for evaluator in runnable:
+        try:
+            metrics.update(evaluator.evaluate(ctx))
+        except Exception as error:
+            log.error("evaluator %r failed at step %s: %s: %s", evaluator.name, model.step,
+                      type(error).__name__, error, exc_info=True)
+    return metrics
+
+
+class Watcher:
+    """Evaluates the checkpoints of one workdir, remembering what is done across restarts."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
+        self.evals = resolve_config(cfg.evals)
+        self.evaluators = build_evaluators(self.evals)
+        if jax.process_count() > 1:
+            raise ValueError("run evaluation as a single process (its own job); it uses all local devices")
+        self.mesh = make_mesh(cfg.mesh)
+        if self.evals.batch_size % self.mesh.size:
+            raise ValueError(f"config.evals.batch_size={self.evals.batch_size} is not divisible by the "
+                             f"{self.mesh.size} devices of the mesh")
+        self.workdir = os.path.abspath(workdir)
+        self.log_path = os.path.join(self.workdir, "metrics", f"{EVAL_LOG}.jsonl")
+        self.done = {int(row["step"]) for row in read_rows(self.log_path)}
+        self.sources = evaluation_data(cfg, self.evals)
+        self.store: CheckpointStore | None = None
+        self.given_up: set[int] = set()
+        self.failures: collections.Counter = collections.Counter()
+
+    def _open_store(self, wait: bool) -> CheckpointStore:
+        announced = False
+        while self.store is None:
+            if os.path.isdir(checkpoint_dir(self.workdir)):
+                self.store = CheckpointStore(self.workdir, read_only=True)
+            elif not wait or completed_step(self.workdir) is not None:
+                raise FileNotFoundError(f"no checkpoints directory at {checkpoint_dir(self.workdir)}")
+            else:
+                if not announced:
+                    console(f"waiting for checkpoints in {checkpoint_dir(self.workdir)}")
+                    announced = True
+                time.sleep(self.evals.poll_seconds)
+        return self.store
+
+    def evaluate_step(self, step: int, writer: MetricsWriter) -> dict[str, Any] | None:
+        """Evaluates one checkpoint and appends its row; None when it cannot be read (warned)."""
+        start = time.perf_counter()
+        try:
+            model = restore_frozen_model(self.store, step, self.mesh)
+        except Exception as error:
+            self._restore_failed(step, error)
+            return None
+        metrics = evaluate_model(model, self.evaluators, self.sources, self.evals, self.mesh)
+        row = writer.write(step, metrics)
+        self.done.add(step)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        console(f"step {step}: {shown or 'no metrics'} ({time.perf_counter() - start:.1f}s)")
+        return row
+
+    def _restore_failed(self, step: int, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if step not in self.store.steps():
+            log.warning("checkpoint at step %d was deleted before it could be evaluated; skipping it (%s)", step, reason)
+            self.given_up.add(step)
+            return
+        self.failures[step] += 1
+        if self.failures[step] >= self.evals.max_attempts:
+            log.warning("checkpoint at step %d could not be read %d times; skipping it (%s)",
+                        step, self.failures[step], reason)
+            self.given_up.add(step)
+        else:
+            log.warning("checkpoint at step %d could not be read (half-written?); will retry (%s)", step, reason)
+
+    def watch(self, writer: MetricsWriter) -> None:
+        """Until the completion marker is present and no retained checkpoint is left to evaluate."""
+        self._open_store(wait=True)
+        while True:
+            finished = completed_step(self.workdir) is not None     # read before listing the steps
+            todo = [s for s in self.store.steps() if s not in self.done and s not in self.given_up]
+            if finished and not todo:
+                return
+            progressed = any([self.evaluate_step(step, writer) is not None for step in todo])
+            if not progressed:
+                time.sleep(self.evals.poll_seconds)
+
+    def evaluate_one(self, step: int, writer: MetricsWriter) -> None:
+        store = self._open_store(wait=False)
+        if step in self.done:
+            console(f"step {step} is already in {self.log_path}; remove its line to evaluate it again")
+            return
+        if step not in store.steps():
+            raise ValueError(f"no checkpoint at step {step} in {store.directory}; it has {store.steps()}")
+        model = restore_frozen_model(store, step, self.mesh)
+        metrics = evaluate_model(model, self.evaluators, self.sources, self.evals, self.mesh)
+        writer.write(step, metrics)
+        self.done.add(step)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> list[dict[str, Any]]:
+    """Watches `workdir` (or evaluates only `step`), then prints the summary table, writes the plot
+    and returns every row of `metrics/eval.jsonl`."""
+    watcher = Watcher(cfg, workdir)
+    writer = MetricsWriter(workdir, EVAL_LOG)
+    try:
+        if step is None:
+            watcher.watch(writer)
+        else:
+            watcher.evaluate_one(step, writer)
+    finally:
+        writer.close()
+        watcher.close()
+    rows = read_rows(watcher.log_path)
+    console(format_table(rows))
+    if rows and plot(rows, os.path.join(watcher.workdir, "metrics", f"{EVAL_LOG}.png")):
+        console(f"plot: {os.path.join(watcher.workdir, 'metrics', EVAL_LOG + '.png')}")
+    return rows
+
+
+def main(argv=None) -> None:
+    from absl import app, flags
+    from absl import logging as absl_logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/trifeatures.py:cpu",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Training directory whose checkpoints are evaluated (read-only).")
+    flags.DEFINE_integer("step", None, "Evaluate only this checkpoint step, then exit.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
+        try:
+            evaluate(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"error: {err}")
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

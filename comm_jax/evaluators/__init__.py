@@ -1,0 +1,132 @@
+"""Evaluators of frozen representations, selected by name in `config.evals.evaluators`.
+
+Each entry `config.evals.evaluators.<name>` is a dict with a `type` (a key of `EVALUATOR_TYPES`, or
+`"package.module:Class"`) and that type's arguments; `<name>` prefixes its metrics (`probe/R`).
+Evaluator modules are imported only when selected, so importing this package (e.g. to load an
+export) pulls in neither scikit-learn nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+EVALUATOR_TYPES: dict[str, str | type] = {
+    "linear_probe": "comm_jax.evaluators.linear_probe:LinearProbe",
+    "knn": "comm_jax.evaluators.knn:KNN",
+    "retrieval": "comm_jax.evaluators.retrieval:Retrieval",
+}
+
+DEFAULT_EVALS: dict[str, Any] = dict(
+    probe_data=None,         # TFDS name the evaluators read (None: config.data.name)
+    tasks={},                # metric name -> label feature key, e.g. {"R": "shape"}
+    task_means={},           # metric name -> task names averaged, e.g. {"U": ("U1", "U2")}
+    train_split="train",     # features the probes and the kNN memory bank are fit on
+    test_split="test",       # features scored
+    batch_size=256,          # global evaluation batch, divisible by the number of devices
+    train_examples=0,        # the first N examples of the train split (0: all)
+    test_examples=0,         # the first N examples of the test split (0: all)
+    poll_seconds=5.0,        # how often the watcher looks for new checkpoints
+    max_attempts=3,          # restores of a listed checkpoint tried before it is skipped for good
+    evaluators={
+        "probe": {"type": "linear_probe"},
+        "knn": {"type": "knn"},
+        "retrieval": {"type": "retrieval"},
+    },
+)
+
+
+class Evaluator:
+    """Base class: `requests` names the features it needs, `evaluate` turns them into metrics.
+
+    Subclasses set `DEFAULTS` (their arguments, all of them) and read them from `self.args`.
+    """
+
+    DEFAULTS: dict[str, Any] = {}
+
+    def __init__(self, name: str, args: Mapping[str, Any], evals: ml_collections.ConfigDict):
+        unknown = sorted(set(args) - set(self.DEFAULTS) - {"type"})
+        if unknown:
+            raise ValueError(f"config.evals.evaluators.{name}: unknown argument(s) {unknown}; "
+                             f"{type(self).__name__} takes {sorted(self.DEFAULTS)}")
+        self.name = name
+        self.args = {**self.DEFAULTS, **{k: v for k, v in args.items() if k != "type"}}
+        self.evals = evals
+
+    def subset(self, modalities: Sequence[str]) -> tuple[str, ...]:
+        """The modalities this evaluator embeds: its `modalities` argument, or all of the model's."""
+        chosen = tuple(self.args.get("modalities") or modalities)
+        unknown = [m for m in chosen if m not in modalities]
+        if unknown:
+            raise ValueError(f"config.evals.evaluators.{self.name}.modalities: {unknown} are not modalities "
+                             f"of the model {list(modalities)}")
+        return chosen
+
+    def requests(self, modalities: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+        """(split, subset of modalities) pairs whose Z this evaluator reads."""
+        raise NotImplementedError
+
+    def evaluate(self, ctx) -> dict[str, float]:
+        """Metrics `{f"{self.name}/...": value}` for one checkpoint; `ctx` is a features.EvalContext."""
+        raise NotImplementedError
+
+
+def register(type_name: str, cls: type) -> None:
+    """Makes `cls` (an Evaluator subclass) selectable as `type=type_name`."""
+    EVALUATOR_TYPES[type_name] = cls
+
+
+def evaluator_class(type_name: str) -> type:
+    entry = EVALUATOR_TYPES.get(type_name, type_name)
+    if isinstance(entry, type):
+        return entry
+    if ":" not in entry:
+        raise ValueError(f"unknown evaluator type {type_name!r}; known: {sorted(EVALUATOR_TYPES)} "
+                         f"or 'package.module:Class'")
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def resolve_config(evals: ml_collections.ConfigDict | Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """`config.evals` with the defaults of `DEFAULT_EVALS` for keys it lacks; an unknown key is an
+    error naming it."""
+    given = evals.to_dict() if isinstance(evals, ml_collections.ConfigDict) else dict(evals)
+    unknown = sorted(set(given) - set(DEFAULT_EVALS))
+    if unknown:
+        raise ValueError(f"config.evals has unknown key(s) {unknown}; known: {sorted(DEFAULT_EVALS)}")
+    merged = {**DEFAULT_EVALS, **{k: v for k, v in given.items() if v is not None or k == "probe_data"}}
+    for key in ("batch_size", "poll_seconds", "max_attempts"):
+        if not merged[key] or merged[key] <= 0:
+            raise ValueError(f"config.evals.{key} must be positive, got {merged[key]!r}")
+    for key in ("train_examples", "test_examples"):
+        if merged[key] < 0:
+            raise ValueError(f"config.evals.{key} must be >= 0 (0: the whole split), got {merged[key]!r}")
+    for mean, parts in dict(merged["task_means"]).items():
+        missing = [p for p in parts if p not in merged["tasks"]]
+        if missing:
+            raise ValueError(f"config.evals.task_means.{mean} averages {missing}, which are not in config.evals.tasks")
+    return ml_collections.ConfigDict(merged)
+
+
+def build_evaluators(evals: ml_collections.ConfigDict) -> list[Evaluator]:
+    """The evaluators `evals.evaluators` selects (after `resolve_config`), in config order."""
+    built = []
+    for name, spec in dict(evals.evaluators).items():
+        spec = dict(spec)
+        if "type" not in spec:
+            raise ValueError(f"config.evals.evaluators.{name} needs a 'type'; known: {sorted(EVALUATOR_TYPES)}")
+        built.append(evaluator_class(spec["type"])(name, spec, evals))
+    return built
+
+
+def with_task_means(metrics: dict[str, float], prefix: str, task_means: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Adds `prefix/<mean>` = mean of `prefix/<task>` over each group whose tasks were all scored."""
+    out = dict(metrics)
+    for mean, parts in dict(task_means).items():
+        keys = [f"{prefix}/{p}" for p in parts]
+        if keys and all(k in metrics for k in keys):
+            out[f"{prefix}/{mean}"] = float(np.mean([metrics[k] for k in keys]))
+    return out

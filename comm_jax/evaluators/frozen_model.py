@@ -1,0 +1,118 @@
+"""A trained model with frozen variables in evaluation mode (BatchNorm on running statistics): built
+from a model config, filled from a checkpoint or an export, with one jitted representation function.
+
+This module imports neither Orbax (only inside `restore_frozen_model`) nor TensorFlow, so exported
+models load without the training stack.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from comm_jax.models import build_model
+from comm_jax.train_state import split_model
+
+Subset = tuple[str, ...]
+
+
+def abstract_variables(model_cfg: Mapping[str, Any]):
+    """(graphdef in eval mode, params, batch_stats) of the model `model_cfg` describes; the two
+    states hold `jax.ShapeDtypeStruct`s, nothing is initialised."""
+    cfg = ml_collections.ConfigDict(dict(model_cfg))
+    model = nnx.eval_shape(lambda: build_model(cfg))
+    model.eval()                       # BatchNorm uses running statistics, dropout is off
+    return split_model(model)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "subsets"))
+def _representations(graphdef, params, batch_stats, inputs, valid, subsets: tuple[Subset, ...]):
+    model = nnx.merge(graphdef, params, batch_stats)
+    return model.representations(inputs, subsets, valid).astype(jnp.float32)
+
+
+class FrozenModel:
+    """Fixed parameters and batch statistics of one model, with Z for any subsets of modalities.
+
+    One jitted function (module level, keyed on the graph definition and the subsets) serves every
+    checkpoint of the same architecture, so a new checkpoint does not recompile.
+    """
+
+    def __init__(self, model_cfg: Mapping[str, Any], graphdef, params, batch_stats, *, step: int | None = None):
+        self.model_cfg = dict(model_cfg)
+        self.graphdef, self.params, self.batch_stats = graphdef, params, batch_stats
+        self.step = step
+        self.modalities: Subset = tuple(self.model_cfg["modalities"])
+        self.width = int(self.model_cfg["width"])
+
+    def check_inputs(self, inputs: Mapping[str, Any], modalities: Sequence[str]) -> None:
+        """Raise naming the modality when an input is missing or has the wrong per-example shape."""
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; the model has {list(self.modalities)}")
+        for name in modalities:
+            if name not in inputs:
+                raise ValueError(f"batch lacks modality {name!r}; it has {sorted(inputs)}")
+            expected = tuple(self.model_cfg["encoders"][name]["input_shape"])
+            got = tuple(np.shape(inputs[name])[1:])
+            if got != expected:
+                raise ValueError(f"modality {name!r} has per-example shape {got}, the model expects {expected}")
+
+    def representations(self, inputs: Mapping[str, Any], subsets: Sequence[Sequence[str]],
+                        valid: Mapping[str, Any] | None = None) -> jax.Array:
+        """Z for each subset: float32 `[len(subsets), batch, width]`. Inputs may be numpy or
+        (sharded) jax arrays with a leading batch axis; the output keeps the batch sharding."""
+        subsets = tuple(tuple(s) for s in subsets)
+        needed = [m for m in self.modalities if any(m in s for s in subsets)]
+        self.check_inputs(inputs, needed)
+        inputs = {m: inputs[m] for m in needed}
+        valid = None if valid is None else {m: valid[m] for m in needed if m in valid}
+        return _representations(self.graphdef, self.params, self.batch_stats, inputs, valid or None,
+                                subsets=subsets)
+
+    def embed(self, inputs: Mapping[str, Any], modalities: Sequence[str] | None = None,
+              valid: Mapping[str, Any] | None = None) -> jax.Array:
+        """Z `[batch, width]` from `modalities` (default: all of the model's)."""
+        return self.representations(inputs, [tuple(modalities or self.modalities)], valid)[0]
+
+
+def place_variables(abstract, values, sharding) -> Any:
+    """`values` (same tree as `abstract`) as arrays on `sharding`, checking shapes and dtypes."""
+    def put(target, value):
+        if tuple(np.shape(value)) != tuple(target.shape):
+            raise ValueError(f"shape {np.shape(value)} does not match the model's {target.shape}")
+        return jax.device_put(jnp.asarray(value, target.dtype), sharding)
+    return jax.tree.map(put, abstract, values)
+
+
+def restore_frozen_model(store, step: int, mesh: Mesh) -> FrozenModel:
+    """The model of checkpoint `step`, built from the config saved with it, its parameters and batch
+    statistics restored replicated on `mesh` (no optimizer state is read).
+
+    `store` is a `comm_jax.checkpoints.CheckpointStore`; raises whatever Orbax raises when the step
+    was deleted or is incomplete.
+    """
+    import orbax.checkpoint as ocp
+
+    from comm_jax.mesh import replicated
+
+    saved = store.restore_config(step)
+    if "model" not in saved:
+        raise ValueError(f"the config saved with checkpoint {step} has no 'model' section")
+    graphdef, params, batch_stats = abstract_variables(saved["model"])
+    rep = replicated(mesh)
+    target = {name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+              for name, tree in (("params", params), ("batch_stats", batch_stats)) if jax.tree.leaves(tree)}
+    # A partial PyTree restore reads only these subtrees of the saved TrainState (StandardRestore
+    # refuses a target that lacks `step` and `opt_state`).
+    restored = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    state = restored.state
+    return FrozenModel(saved["model"], graphdef, state["params"], state.get("batch_stats", batch_stats), step=step)

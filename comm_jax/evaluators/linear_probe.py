@@ -1,0 +1,118 @@
+"""Linear probe on frozen, standardised Z: multinomial logistic regression (scikit-learn, L-BFGS) for
+class labels, one-vs-rest logistic regression for multi-label indicators, ridge regression for real
+targets. The inverse regularisation C is swept on a stratified held-out part of the training
+features, then the probe is refit on all of them with the best C and scored on the test features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.preprocessing import StandardScaler
+
+from comm_jax.evaluators import Evaluator, with_task_means
+from comm_jax.evaluators.tasks import MULTICLASS, MULTILABEL, REGRESSION, metric_name, score, selection_score, task_kind
+
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """kind: task kind; metrics: suffix -> test score; C: the chosen inverse regularisation;
+    sweep: C -> held-out selection score (balanced accuracy, macro F1 or -MSE); predictions: on test."""
+
+    kind: str
+    metrics: dict[str, float]
+    C: float
+    sweep: dict[float, float]
+    predictions: np.ndarray
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, held-out indices) of the training features: stratified by class for class
+    labels when every class has at least two examples, a plain shuffle otherwise."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    placeholder = np.zeros((len(labels), 1))
+    if task_kind(labels) == MULTICLASS and np.unique(labels, return_counts=True)[1].min() >= 2:
+        try:
+            splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            return next(splitter.split(placeholder, labels))
+        except ValueError:   # too few examples per class for this fraction
+            pass
+    return next(ShuffleSplit(n_splits=1, test_size=fraction, random_state=seed).split(placeholder))
+
+
+def _estimator(kind: str, C: float, max_iter: int):
+    if kind == MULTICLASS:
+        return LogisticRegression(C=C, max_iter=max_iter)          # lbfgs, multinomial loss
+    if kind == MULTILABEL:
+        return OneVsRestClassifier(LogisticRegression(C=C, max_iter=max_iter))
+    if kind == REGRESSION:
+        return Ridge(alpha=1.0 / C)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def _fit_predict(kind: str, C: float, max_iter: int, fit_x, fit_y, eval_x) -> np.ndarray:
+    scaler = StandardScaler().fit(fit_x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = _estimator(kind, C, max_iter).fit(scaler.transform(fit_x), fit_y)
+    return model.predict(scaler.transform(eval_x))
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
+                 Cs: Sequence[float] = DEFAULT_CS, holdout_fraction: float = 0.2, max_iter: int = 1000,
+                 seed: int = 0) -> ProbeResult:
+    """Probe `[n_train, dim]` -> labels, chosen on a held-out part of the training set, scored on
+    `[n_test, dim]`. Regression uses ridge with alpha = 1 / C. Ties in the sweep go to the smaller C."""
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise ValueError(f"features and labels differ in length: train {len(train_x)} vs {len(train_y)}, "
+                         f"test {len(test_x)} vs {len(test_y)}")
+    if not Cs:
+        raise ValueError("the C sweep is empty")
+    kind = task_kind(train_y)
+    if kind == MULTICLASS and len(np.unique(train_y)) < 2:
+        raise ValueError("the training labels hold a single class; a probe needs at least two")
+    fit, held = holdout_split(train_y, holdout_fraction, seed)
+    sweep = {}
+    for C in sorted(float(c) for c in Cs):
+        predicted = _fit_predict(kind, C, max_iter, train_x[fit], train_y[fit], train_x[held])
+        sweep[C] = selection_score(kind, train_y[held], predicted)
+    best = max(sweep, key=lambda c: (sweep[c], -c))
+    predictions = _fit_predict(kind, best, max_iter, train_x, train_y, test_x)
+    return ProbeResult(kind, score(kind, test_y, predictions), best, sweep, predictions)
+
+
+class LinearProbe(Evaluator):
+    """`<name>/<task>` for each of `config.evals.tasks` (balanced accuracy; `/f1_macro`,
+    `/f1_weighted` for multi-label; `/mse` for regression), plus the task means."""
+
+    DEFAULTS = dict(modalities=(), Cs=DEFAULT_CS, holdout_fraction=0.2, max_iter=1000, seed=0)
+
+    def requests(self, modalities):
+        subset = self.subset(modalities)
+        return [(self.evals.train_split, subset), (self.evals.test_split, subset)]
+
+    def evaluate(self, ctx) -> dict[str, float]:
+        subset = self.subset(ctx.modalities)
+        train, test = self.evals.train_split, self.evals.test_split
+        metrics = {}
+        for task, key in dict(self.evals.tasks).items():
+            result = linear_probe(ctx.z(train, subset), ctx.labels(train, key), ctx.z(test, subset),
+                                  ctx.labels(test, key), Cs=tuple(self.args["Cs"]),
+                                  holdout_fraction=self.args["holdout_fraction"],
+                                  max_iter=self.args["max_iter"], seed=self.args["seed"])
+            log.info("%s/%s: C=%g chosen on held-out scores %s", self.name, task, result.C, result.sweep)
+            metrics.update({metric_name(self.name, task, k): v for k, v in result.metrics.items()})
+        return with_task_means(metrics, self.name, self.evals.task_means)
