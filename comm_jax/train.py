@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
+from comm_jax import distributed
 from comm_jax.checkpoints import CheckpointStore, clear_complete, first_difference, mark_complete
 from comm_jax.mesh import make_mesh
 from comm_jax.metrics_log import MetricsWriter, Throughput, console, progress_line
@@ -54,6 +55,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     common.validate(cfg)
     primary = jax.process_index() == 0
+    say = console if primary else (lambda message: None)
     mesh = make_mesh(cfg.mesh)
     if cfg.batch_size % mesh.size:
         raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {mesh.size} devices")
@@ -64,7 +66,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start:
         _check_resumable(store.restore_config(start), cfg, start)
         state, data_state = store.restore(start, abstract_state(state, shardings))
-        console(f"resumed from checkpoint at step {start} in {store.directory}")
+        say(f"resumed from checkpoint at step {start} in {store.directory}")
     if primary and start < cfg.num_steps:
         clear_complete(workdir)
     position = start
@@ -81,7 +83,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     compiled = train_step.lower(state, first).compile()
     compile_seconds = time.perf_counter() - t0
-    console(f"compiled train step in {compile_seconds:.1f}s; {cfg.num_steps - start} steps to go, global batch "
+    say(f"compiled train step in {compile_seconds:.1f}s; {cfg.num_steps - start} steps to go, global batch "
             f"{cfg.batch_size} on {mesh.size} device(s) {dict(mesh.shape)}")
 
     clock = Throughput(cfg.batch_size, cfg.num_steps, start)
@@ -104,7 +106,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 values = read(prev_step, prev_metrics)
                 if prev_step % cfg.log_every == 0:
                     last_row = log.write(prev_step, values | clock.report(prev_step))
-                    console(progress_line(prev_step, cfg.num_steps, last_row))
+                    say(progress_line(prev_step, cfg.num_steps, last_row))
             pending = (step, metrics)
             if step % cfg.ckpt_every == 0 or step == cfg.num_steps:
                 with clock.pause():
@@ -117,7 +119,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             values = read(prev_step, prev_metrics)
             if prev_step % cfg.log_every == 0 or prev_step == cfg.num_steps:
                 last_row = log.write(prev_step, values | clock.report(prev_step))
-                console(progress_line(prev_step, cfg.num_steps, last_row))
+                say(progress_line(prev_step, cfg.num_steps, last_row))
     finally:
         store.wait()
         log.close()
@@ -125,7 +127,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         store.close()
     if primary:
         mark_complete(workdir, cfg.num_steps)
-    console(f"training complete at step {cfg.num_steps}; checkpoints in {store.directory}")
+    say(f"training complete at step {cfg.num_steps}; checkpoints in {store.directory}")
     return last_row | {"compile_seconds": compile_seconds}
 
 
@@ -137,12 +139,14 @@ def main(argv=None) -> None:
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (resumed if it has checkpoints).")
     flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_flags()
 
     def run(_):
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save step at INFO
         try:
+            distributed.initialize(flags.FLAGS)
             train(flags.FLAGS.config, flags.FLAGS.workdir)
-        except (ValueError, NonFiniteLoss, FileNotFoundError) as err:
+        except (ValueError, NonFiniteLoss, FileNotFoundError, RuntimeError) as err:
             raise SystemExit(f"error: {err}")
 
     app.run(run, argv=argv)
