@@ -78,6 +78,18 @@ def create_train_state(cfg, mesh: Mesh):
     return graphdef, state, shardings, tx, schedule
 
 
+def abstract_train_state(cfg, mesh: Mesh):
+    """Like `create_train_state` but allocates nothing: ShapeDtypeStructs with their shardings, for
+    ahead-of-time compilation. Returns (graphdef, abstract state, state_shardings, tx, schedule)."""
+    model = nnx.eval_shape(lambda: build_model(cfg.model, seed=cfg.seed))
+    graphdef, params, batch_stats = split_model(model)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps)
+    init = lambda p, b: TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=b, opt_state=tx.init(p))
+    abstract = jax.eval_shape(init, params, batch_stats)
+    shardings = param_shardings(abstract, mesh, [tuple(r) for r in cfg.get("param_sharding", ())])
+    return graphdef, abstract_state(abstract, shardings), shardings, tx, schedule
+
+
 def abstract_state(state: TrainState, shardings) -> TrainState:
     """ShapeDtypeStructs with shardings, the restore target for Orbax."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
