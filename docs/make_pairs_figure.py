@@ -38,13 +38,22 @@ def label_text(features: tfds.features.FeaturesDict, loaded: pipeline.LoadedSpli
     return feature.int2str(value) if key != "synergy" and feature.names else str(value)
 
 
+def pick_pairs(synergy: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` random pair indices, a third of them with synergy = 1 when the split has some."""
+    rng = np.random.default_rng(seed)
+    synergistic = np.flatnonzero(synergy == 1)
+    chosen = rng.choice(synergistic, min(count // 3, len(synergistic)), replace=False)
+    others = rng.choice(np.flatnonzero(synergy != 1), count - len(chosen), replace=False)
+    return np.concatenate([others, chosen])
+
+
 def draw(config: str, data_dir: str | None, num_pairs: int, seed: int, output: str) -> None:
     """Writes a [num_pairs x 6] grid of raw images and augmented views to `output`."""
     features = tfds.builder(config, data_dir=data_dir).info.features
     loaded = pipeline.load_split(config, "train", IMAGES + LABELS, data_dir=data_dir)
     size = loaded.image_shapes["image_1"][0]
     show_views = augment.parse(augment.simclr_image_ops(size).removesuffix("|normalize"))
-    indices = np.random.default_rng(seed).choice(loaded.num_examples, num_pairs, replace=False)
+    indices = pick_pairs(loaded.columns["synergy"], num_pairs, seed)
 
     figure, axes = plt.subplots(num_pairs, 6, figsize=(12, 2.2 * num_pairs), squeeze=False)
     for row, index in enumerate(indices.tolist()):

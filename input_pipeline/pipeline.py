@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import zlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from input_pipeline import augment
 from input_pipeline.iterator_state import TrainStream
 
-Batch = dict[str, dict[str, np.ndarray]]
+Batch = dict[str, Any]  # nested dicts of numpy arrays, layouts in the iterators' docs
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # by PNG colour type; palette (3) is left to the decoder
 
@@ -155,11 +155,7 @@ def _finish(x: tf.Tensor) -> tf.Tensor:
 
 def _view_specs(data_cfg, modalities: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """Op spec per (modality, view); ``augment[m]`` is one spec for both views or a pair."""
-    specs = dict(data_cfg.get("augment", None) or {})
-    unknown = sorted(set(specs) - set(modalities))
-    if unknown:
-        raise ValueError(f"data.augment has entries {unknown} for modalities not in data.modalities "
-                         f"{sorted(modalities)}")
+    specs = _per_modality(data_cfg, "augment", modalities)
     views = {}
     for modality in modalities:
         spec = specs.get(modality, "")
@@ -170,6 +166,15 @@ def _view_specs(data_cfg, modalities: Mapping[str, str]) -> dict[str, tuple[str,
     return views
 
 
+def _per_modality(data_cfg, key: str, modalities: Mapping[str, str]) -> dict[str, Any]:
+    entries = dict(data_cfg.get(key, None) or {})
+    unknown = sorted(set(entries) - set(modalities))
+    if unknown:
+        raise ValueError(f"data.{key} has entries {unknown} for modalities not in data.modalities "
+                         f"{sorted(modalities)}")
+    return entries
+
+
 def _modalities(data_cfg) -> dict[str, str]:
     modalities = dict(data_cfg.get("modalities", None) or {})
     if not modalities:
@@ -178,7 +183,9 @@ def _modalities(data_cfg) -> dict[str, str]:
 
 
 def _load_for(data_cfg, split: str, keys: Sequence[str]) -> LoadedSplit:
-    return load_split(data_cfg.name, split, keys, data_dir=data_cfg.get("data_dir", None),
+    if not data_cfg.get("name", None):
+        raise ValueError("data.name must name a TFDS builder, e.g. 'bimodal_trifeatures/64px'")
+    return load_split(data_cfg["name"], split, keys, data_dir=data_cfg.get("data_dir", None),
                       prepare=data_cfg.get("prepare", False))
 
 
@@ -189,7 +196,8 @@ class TrainIterator:
     images are float32 [B, H, W, C].
     """
 
-    def __init__(self, dataset_from: Any, stream: TrainStream, position: int = 0):
+    def __init__(self, dataset_from: Callable[[int], tf.data.Dataset], stream: TrainStream,
+                 position: int = 0):
         self._dataset_from = dataset_from
         self.stream = stream
         self._restart(position)
@@ -304,7 +312,7 @@ def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: 
     modalities = _modalities(data_cfg)
     label_keys = list(labels) or list(data_cfg.get("labels", None) or [])
     loaded = _load_for(data_cfg, split, sorted(set(modalities.values()) | set(label_keys)))
-    specs = dict(data_cfg.get("eval_ops", None) or {})
+    specs = _per_modality(data_cfg, "eval_ops", modalities)
     default_spec = {key: "normalize" if key in loaded.image_shapes else "" for key in loaded.columns}
     ops = {modality: augment.parse(specs.get(modality, default_spec[key]))
            for modality, key in modalities.items()}
