@@ -28,9 +28,12 @@ class CheckpointStore:
         directory = checkpoint_dir(workdir)
         if read_only and not os.path.isdir(directory):
             raise FileNotFoundError(f"no checkpoints directory at {directory}")
-        options = ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_every or None,
-            read_only=read_only, create=not read_only, enable_async_checkpointing=async_save)
+        if read_only:   # save and retention options do not apply (Orbax warns when they are given)
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_every or None,
+                enable_async_checkpointing=async_save)
         self.directory = directory
         self.manager = ocp.CheckpointManager(directory, options=options)
 
@@ -53,13 +56,6 @@ class CheckpointStore:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored.state, dict(restored.data)
-
-    def restore_params(self, step: int, abstract_params) -> Any:
-        """Only `state.params` (evaluation and export need no optimizer state)."""
-        target = {"params": abstract_params}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target, strict=False)))
-        return restored.state["params"]
 
     def restore_config(self, step: int) -> dict[str, Any]:
         return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)

@@ -87,10 +87,17 @@ class Watcher:
         self.workdir = os.path.abspath(workdir)
         self.log_path = os.path.join(self.workdir, "metrics", f"{EVAL_LOG}.jsonl")
         self.done = {int(row["step"]) for row in read_rows(self.log_path)}
-        self.sources = evaluation_data(cfg, self.evals)
+        self.cfg = cfg
+        self._sources: dict[str, Iterable] | None = None
         self.store: CheckpointStore | None = None
         self.given_up: set[int] = set()
         self.failures: collections.Counter = collections.Counter()
+
+    def data(self) -> dict[str, Iterable]:
+        """The evaluation splits, loaded on first use and kept for every checkpoint."""
+        if self._sources is None:
+            self._sources = evaluation_data(self.cfg, self.evals)
+        return self._sources
 
     def _open_store(self, wait: bool) -> CheckpointStore:
         announced = False
@@ -114,7 +121,7 @@ class Watcher:
         except Exception as error:
             self._restore_failed(step, error)
             return None
-        metrics = evaluate_model(model, self.evaluators, self.sources, self.evals, self.mesh)
+        metrics = evaluate_model(model, self.evaluators, self.data(), self.evals, self.mesh)
         row = writer.write(step, metrics)
         self.done.add(step)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -124,7 +131,8 @@ class Watcher:
     def _restore_failed(self, step: int, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         if step not in self.store.steps():
-            log.warning("checkpoint at step %d was deleted before it could be evaluated; skipping it (%s)", step, reason)
+            log.warning("checkpoint at step %d was deleted before it could be evaluated; skipping it (%s)",
+                        step, reason)
             self.given_up.add(step)
             return
         self.failures[step] += 1
@@ -137,6 +145,7 @@ class Watcher:
 
     def watch(self, writer: MetricsWriter) -> None:
         """Until the completion marker is present and no retained checkpoint is left to evaluate."""
+        self.data()                      # a data error shows now, not after the first checkpoint
         self._open_store(wait=True)
         while True:
             finished = completed_step(self.workdir) is not None     # read before listing the steps
@@ -155,7 +164,7 @@ class Watcher:
         if step not in store.steps():
             raise ValueError(f"no checkpoint at step {step} in {store.directory}; it has {store.steps()}")
         model = restore_frozen_model(store, step, self.mesh)
-        metrics = evaluate_model(model, self.evaluators, self.sources, self.evals, self.mesh)
+        metrics = evaluate_model(model, self.evaluators, self.data(), self.evals, self.mesh)
         writer.write(step, metrics)
         self.done.add(step)
 

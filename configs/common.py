@@ -59,7 +59,13 @@ def base_config() -> ml_collections.ConfigDict:
         grad_clip=0.0))
     c.model = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()
-    c.evals = ml_collections.ConfigDict()
+    # The evaluation process (comm_jax.evaluate); defaults in comm_jax.evaluators.DEFAULT_EVALS.
+    c.evals = ml_collections.ConfigDict(dict(
+        tasks={}, task_means={}, train_split="train", test_split="test", batch_size=256,
+        train_examples=0, test_examples=0, poll_seconds=5.0, max_attempts=3,
+        evaluators={"probe": {"type": "linear_probe"}, "knn": {"type": "knn"},
+                    "retrieval": {"type": "retrieval"}}))
+    c.evals.probe_data = config_dict.placeholder(str)   # TFDS name to probe on (None: data.name)
     return c
 
 

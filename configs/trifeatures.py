@@ -64,8 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         labels=("shape", "texture_1", "texture_2", "synergy"),
     ))
     # Probing always uses unbiased pairs: the synergy task is measured on data not biased by M.
-    c.evals = ml_collections.ConfigDict(dict(
-        probe_data=f"bimodal_trifeatures/{res}px",
-        tasks={"R": "shape", "U1": "texture_1", "U2": "texture_2", "S": "synergy"},
-    ))
+    c.evals.probe_data = f"bimodal_trifeatures/{res}px"
+    c.evals.tasks = {"R": "shape", "U1": "texture_1", "U2": "texture_2", "S": "synergy"}
+    c.evals.task_means = {"U": ("U1", "U2")}
     return c

@@ -50,8 +50,9 @@ class Evaluator:
     def __init__(self, name: str, args: Mapping[str, Any], evals: ml_collections.ConfigDict):
         unknown = sorted(set(args) - set(self.DEFAULTS) - {"type"})
         if unknown:
-            raise ValueError(f"config.evals.evaluators.{name}: unknown argument(s) {unknown}; "
-                             f"{type(self).__name__} takes {sorted(self.DEFAULTS)}")
+            names = ", ".join(f"config.evals.evaluators.{name}.{k}" for k in unknown)
+            raise ValueError(f"unknown evaluator argument(s) {names}; {type(self).__name__} takes "
+                             f"{sorted(self.DEFAULTS)}")
         self.name = name
         self.args = {**self.DEFAULTS, **{k: v for k, v in args.items() if k != "type"}}
         self.evals = evals
@@ -122,7 +123,8 @@ def build_evaluators(evals: ml_collections.ConfigDict) -> list[Evaluator]:
     return built
 
 
-def with_task_means(metrics: dict[str, float], prefix: str, task_means: Mapping[str, Sequence[str]]) -> dict[str, float]:
+def with_task_means(metrics: dict[str, float], prefix: str,
+                    task_means: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Adds `prefix/<mean>` = mean of `prefix/<task>` over each group whose tasks were all scored."""
     out = dict(metrics)
     for mean, parts in dict(task_means).items():

@@ -45,8 +45,10 @@ class FrozenModel:
     checkpoint of the same architecture, so a new checkpoint does not recompile.
     """
 
-    def __init__(self, model_cfg: Mapping[str, Any], graphdef, params, batch_stats, *, step: int | None = None):
+    def __init__(self, model_cfg: Mapping[str, Any], graphdef, params, batch_stats, *, step: int | None = None,
+                 manifest: Mapping[str, Any] | None = None):
         self.model_cfg = dict(model_cfg)
+        self.manifest = dict(manifest or {})     # set when loaded from an export
         self.graphdef, self.params, self.batch_stats = graphdef, params, batch_stats
         self.step = step
         self.modalities: Subset = tuple(self.model_cfg["modalities"])
@@ -81,15 +83,6 @@ class FrozenModel:
               valid: Mapping[str, Any] | None = None) -> jax.Array:
         """Z `[batch, width]` from `modalities` (default: all of the model's)."""
         return self.representations(inputs, [tuple(modalities or self.modalities)], valid)[0]
-
-
-def place_variables(abstract, values, sharding) -> Any:
-    """`values` (same tree as `abstract`) as arrays on `sharding`, checking shapes and dtypes."""
-    def put(target, value):
-        if tuple(np.shape(value)) != tuple(target.shape):
-            raise ValueError(f"shape {np.shape(value)} does not match the model's {target.shape}")
-        return jax.device_put(jnp.asarray(value, target.dtype), sharding)
-    return jax.tree.map(put, abstract, values)
 
 
 def restore_frozen_model(store, step: int, mesh: Mesh) -> FrozenModel:
