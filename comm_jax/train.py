@@ -111,7 +111,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step % cfg.ckpt_every == 0 or step == cfg.num_steps:
                 with clock.pause():
                     read(step, metrics)             # never checkpoint a step whose loss is not finite
-                    store.save(step, state, {"position": step}, config_json, force=step == cfg.num_steps)
+                    # The whole random state: the step draws no random numbers, and every augmentation
+                    # is a pure function of (seed, epoch, example index), i.e. of (seed, position).
+                    store.save(step, state, {"position": step, "seed": cfg.seed}, config_json,
+                               force=step == cfg.num_steps)
             if step < cfg.num_steps:
                 batch = next(device_batches)
         if pending is not None:
