@@ -143,7 +143,8 @@ def run_torch(args, peaks: dict[str, Any]) -> list[dict[str, Any]]:
     print(f"\n== PyTorch anchor ({args.torch_script}) ==", flush=True)
     return torch_anchor.compare(args.torch_python, args.torch_script, batch=args.torch_batch,
                                 sizes=_ints(args.torch_sizes), steps=args.steps, warmup=args.warmup,
-                                threads=args.torch_threads, peaks=peaks,
+                                threads=args.torch_threads, peaks=peaks, repeats=args.torch_repeats,
+                                torch_env=dict(kv.split("=", 1) for kv in args.torch_env or ()),
                                 device="cpu" if jax.default_backend() == "cpu" else "cuda")
 
 
@@ -160,6 +161,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("what", choices=("train_step", "loss", "pipeline", "torch", "all"))
     p.add_argument("--output", help="write all results as JSON here")
     p.add_argument("--markdown", help="write the results as Markdown tables here")
+    p.add_argument("--platform", choices=("cpu", "gpu", "cuda", "rocm", "tpu"),
+                   help="JAX platform to run on (default: JAX's choice, the accelerator when there is one)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (after compilation)")
     g = p.add_argument_group("train_step")
@@ -188,11 +191,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--torch-batch", type=int, default=16)
     g.add_argument("--torch-sizes", default="224,64")
     g.add_argument("--torch-threads", type=int, default=2)
+    g.add_argument("--torch-repeats", type=int, default=3, help="alternate JAX and torch runs this many times")
+    g.add_argument("--torch-env", action="append", metavar="KEY=VALUE",
+                   help="environment for the torch runs, repeatable (on a shared CPU host: OMP_WAIT_POLICY=PASSIVE)")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.platform:
+        jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else args.platform)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     results: dict[str, Any] = {"machine": _machine(load)}
     peaks = peak_table.device_peaks(measure=not args.no_measure_peak)

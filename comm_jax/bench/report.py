@@ -78,12 +78,20 @@ def pipeline(section: dict[str, Any]) -> str:
 
 
 def torch(rows: list[dict[str, Any]]) -> str:
-    return _table(["AlexNet px", "batch", "threads", "JAX ex/s", "torch ex/s", "JAX/torch"],
+    runs = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
+    return _table(["AlexNet px", "batch", "threads", "JAX ex/s (median)", "torch ex/s (median)", "JAX/torch",
+                   "JAX runs", "torch runs", "torch env"],
                   [[r["size"], r["batch_size"], r["threads"], f"{r['jax_examples_per_s']:.2f}",
-                    f"{r['torch_examples_per_s']:.2f}", f"{r['jax_over_torch']:.2f}"] for r in rows])
+                    f"{r['torch_examples_per_s']:.2f}", f"{r['jax_over_torch']:.2f}",
+                    runs(r.get("jax_runs_examples_per_s", [])), runs(r.get("torch_runs_examples_per_s", [])),
+                    " ".join(f"{k}={v}" for k, v in r.get("torch_env", {}).items()) or "-"]
+                   for r in rows])
 
 
 def render(results: dict[str, Any]) -> str:
+    """Tables of one run's results, or of each run in `{"runs": [...]}`."""
+    if "runs" in results:
+        return "\n".join(render(run) for run in results["runs"])
     parts = [machine(results)]
     for key, fn in (("train_step", train_step), ("loss", loss), ("pipeline", pipeline), ("torch", torch)):
         if key in results:

@@ -4,7 +4,9 @@ the other so they never share the cores."""
 
 from __future__ import annotations
 
+import os
 import re
+import statistics
 import subprocess
 from typing import Any, Sequence
 
@@ -16,11 +18,13 @@ _RESULT = re.compile(r"torch (\S+) .*step ([0-9.]+)s median, ([0-9.]+) examples/
 
 
 def torch_step(python: str, script: str, *, batch: int, size: int, steps: int, threads: int,
-               device: str = "cpu", compile_: bool = False) -> dict[str, Any]:
-    """Runs the reference step script; its median step time and examples/s."""
+               device: str = "cpu", compile_: bool = False, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Runs the reference step script (with `env` added to the environment); its median step time
+    and examples/s."""
     cmd = [python, script, "--batch", str(batch), "--size", str(size), "--steps", str(steps),
            "--threads", str(threads), "--device", device] + (["--compile"] if compile_ else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, **(env or {}))).stdout
     match = _RESULT.search(out)
     if match is None:
         raise RuntimeError(f"could not parse the torch script's output: {out!r}")
@@ -29,23 +33,35 @@ def torch_step(python: str, script: str, *, batch: int, size: int, steps: int, t
 
 
 def compare(python: str, script: str, *, batch: int, sizes: Sequence[int], steps: int, warmup: int,
-            threads: int, peaks: dict[str, Any], device: str = "cpu") -> list[dict[str, Any]]:
+            threads: int, peaks: dict[str, Any], device: str = "cpu", repeats: int = 1,
+            torch_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """For each image size: Trifeatures with AlexNet (the full-size model at `res=size`) in JAX
-    (float32) and the torch reference at the same batch; the ratio of their examples/s."""
+    (float32) and the torch reference at the same batch, alternated `repeats` times (so a change in
+    the machine's load hits both alike); medians of their examples/s and the ratio.
+
+    On a shared CPU host pass `torch_env={"OMP_WAIT_POLICY": "PASSIVE"}`: with OpenMP's default
+    spin-waiting, torch's step time collapses (10-30x measured) whenever another process takes a core.
+    """
     mesh = make_mesh([("data", -1)])
     rows = []
     for size in sizes:
         cfg = trifeatures.get_config(f"res={size}")
         cfg.batch_size = batch
-        jax_row = bench_config(cfg, mesh, steps=steps, warmup=warmup, peaks=peaks)
-        torch_row = torch_step(python, script, batch=batch, size=size, steps=steps, threads=threads, device=device)
-        row = {"size": size, "batch_size": batch, "threads": threads,
-               "jax_examples_per_s": jax_row["examples_per_s"], "jax_step_s": jax_row["step_s"],
-               "jax_compile_s": jax_row["compile_s"], "torch_examples_per_s": torch_row["examples_per_s"],
-               "torch_step_s": torch_row["step_s"], "torch_version": torch_row["torch_version"],
-               "torch_command": torch_row["command"],
-               "jax_over_torch": jax_row["examples_per_s"] / torch_row["examples_per_s"]}
+        jax_runs, torch_runs = [], []
+        for _ in range(repeats):
+            jax_runs.append(bench_config(cfg, mesh, steps=steps, warmup=warmup, peaks=peaks))
+            torch_runs.append(torch_step(python, script, batch=batch, size=size, steps=steps, threads=threads,
+                                         device=device, env=torch_env))
+        jax_rate = statistics.median(r["examples_per_s"] for r in jax_runs)
+        torch_rate = statistics.median(r["examples_per_s"] for r in torch_runs)
+        row = {"size": size, "batch_size": batch, "threads": threads, "repeats": repeats,
+               "jax_examples_per_s": jax_rate, "torch_examples_per_s": torch_rate,
+               "jax_over_torch": jax_rate / torch_rate,
+               "jax_runs_examples_per_s": [r["examples_per_s"] for r in jax_runs],
+               "torch_runs_examples_per_s": [r["examples_per_s"] for r in torch_runs],
+               "jax_compile_s": jax_runs[0]["compile_s"], "torch_version": torch_runs[0]["torch_version"],
+               "torch_command": torch_runs[0]["command"], "torch_env": torch_env or {}}
         rows.append(row)
-        print(f"AlexNet {size} px batch {batch}: JAX {row['jax_examples_per_s']:.1f} ex/s, torch "
-              f"{row['torch_examples_per_s']:.1f} ex/s, JAX/torch {row['jax_over_torch']:.2f}", flush=True)
+        print(f"AlexNet {size} px batch {batch}: JAX {jax_rate:.1f} ex/s, torch {torch_rate:.1f} ex/s "
+              f"(medians of {repeats}), JAX/torch {row['jax_over_torch']:.2f}", flush=True)
     return rows
