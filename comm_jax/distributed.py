@@ -6,14 +6,21 @@ Sources, first match wins:
 3. cluster auto-detection by JAX on TPU pods (`TPU_WORKER_HOSTNAMES` lists several workers) and
    SLURM (`SLURM_NTASKS` > 1), where `jax.distributed.initialize()` needs no arguments.
 Otherwise the run is single-process and nothing is initialised.
+
+Training and evaluation both start through `define_flags` + `initialize`. Once initialised, programs
+that must take the same decisions on every process (the evaluation watcher) let process 0 decide and
+share it with `broadcast_from_primary`, or combine per-process outcomes with `all_processes`; both are
+collectives, called by every process in the same order, and free in a single-process run.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
+import numpy as np
 
 
 def _flag_or_env(flags, name: str, env: Mapping[str, str], key: str):
@@ -67,3 +74,32 @@ def define_flags() -> None:
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
     flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
     flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+
+def is_primary() -> bool:
+    """Process 0: the one that prints and writes metrics."""
+    return jax.process_index() == 0
+
+
+def broadcast_from_primary(value: Any) -> Any:
+    """Process 0's `value` (anything JSON can encode) on every process, as JSON decodes it (tuples
+    become lists). Every process must call it; the other processes' `value` is ignored."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    payload = np.frombuffer(json.dumps(value).encode(), np.uint8) if is_primary() else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(payload.size)))
+    if not is_primary():
+        payload = np.zeros(size, np.uint8)
+    received = multihost_utils.broadcast_one_to_all(payload)
+    return json.loads(np.asarray(received, np.uint8).tobytes().decode())
+
+
+def all_processes(flag: bool) -> bool:
+    """True when `flag` is True on every process. Every process must call it."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag)))))

@@ -4,6 +4,13 @@ every retained checkpoint is done.
 
     python -m comm_jax.evaluate --config=configs/trifeatures.py:cpu --workdir=DIR [--step=N] [--config.key=value ...]
 
+It runs as one process or as several, with the same multi-process flags and environment variables as
+training (`comm_jax.distributed`). Each process reads its own shard of the evaluation splits, the
+features of all processes are gathered so every process runs the same evaluators on the same data,
+and only process 0 prints and writes results. Process 0 also takes every decision (which checkpoints
+to evaluate, when to stop, whether a failed restore is retried) and shares it, so the processes
+never diverge.
+
 Each checkpoint's model is built from the config saved with it; only its parameters and batch
 statistics are read. Results: `DIR/metrics/eval.jsonl` (one row per step, also how a restarted
 process knows what is done), TensorBoard events under `DIR/metrics/eval`, `DIR/metrics/eval.png`
@@ -23,6 +30,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
+from comm_jax import distributed
 from comm_jax.checkpoints import CheckpointStore, checkpoint_dir, completed_step
 from comm_jax.evaluators import Evaluator, build_evaluators, resolve_config
 from comm_jax.evaluators.features import EvalContext
@@ -35,16 +43,23 @@ log = logging.getLogger("comm_jax.evaluate")
 EVAL_LOG = "eval"
 
 
+def say(message: str) -> None:
+    """Console output of process 0 only."""
+    if distributed.is_primary():
+        console(message)
+
+
 def evaluation_data(cfg: ml_collections.ConfigDict, evals: ml_collections.ConfigDict) -> dict[str, Iterable]:
-    """Eval iterators of the train and test splits of `evals.probe_data` (default `cfg.data.name`),
-    with the labels of `evals.tasks`; loaded once, re-iterated for every checkpoint."""
+    """This process's eval iterators of the train and test splits of `evals.probe_data` (default
+    `cfg.data.name`), with the labels of `evals.tasks`; loaded once, re-iterated for every checkpoint."""
     from input_pipeline.pipeline import make_eval_iterator
 
     data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
     data_cfg.name = evals.probe_data or cfg.data.name
     labels = tuple(dict.fromkeys(dict(evals.tasks).values()))
     batch = evals.batch_size // jax.process_count()
-    return {split: make_eval_iterator(data_cfg, split, batch_size=batch, labels=labels)
+    return {split: make_eval_iterator(data_cfg, split, batch_size=batch, labels=labels,
+                                      process_index=jax.process_index(), process_count=jax.process_count())
             for split in dict.fromkeys((evals.train_split, evals.test_split))}
 
 
@@ -73,13 +88,16 @@ def evaluate_model(model: FrozenModel, evaluators: Sequence[Evaluator], sources:
 
 
 class Watcher:
-    """Evaluates the checkpoints of one workdir, remembering what is done across restarts."""
+    """Evaluates the checkpoints of one workdir, remembering what is done across restarts.
+
+    With several processes every method is called by all of them in the same order; what the
+    processes could see differently (the checkpoint listing, the completion marker, `eval.jsonl`, a
+    restore that failed) is decided on process 0 and broadcast.
+    """
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
         self.evals = resolve_config(cfg.evals)
         self.evaluators = build_evaluators(self.evals)
-        if jax.process_count() > 1:
-            raise ValueError("run evaluation as a single process (its own job); it uses all local devices")
         self.mesh = make_mesh(cfg.mesh)
         if self.evals.batch_size % self.mesh.size:
             raise ValueError(f"config.evals.batch_size={self.evals.batch_size} is not divisible by the "
@@ -99,33 +117,52 @@ class Watcher:
             self._sources = evaluation_data(self.cfg, self.evals)
         return self._sources
 
+    def _store_state(self, wait: bool) -> str:
+        """'open', 'wait' or 'missing' (process 0's view of the checkpoints directory)."""
+        if os.path.isdir(checkpoint_dir(self.workdir)):
+            return "open"
+        return "wait" if wait and completed_step(self.workdir) is None else "missing"
+
     def _open_store(self, wait: bool) -> CheckpointStore:
         announced = False
         while self.store is None:
-            if os.path.isdir(checkpoint_dir(self.workdir)):
+            state = distributed.broadcast_from_primary(self._store_state(wait) if distributed.is_primary() else "")
+            if state == "open":
                 self.store = CheckpointStore(self.workdir, read_only=True)
-            elif not wait or completed_step(self.workdir) is not None:
+            elif state == "missing":
                 raise FileNotFoundError(f"no checkpoints directory at {checkpoint_dir(self.workdir)}")
             else:
                 if not announced:
-                    console(f"waiting for checkpoints in {checkpoint_dir(self.workdir)}")
+                    say(f"waiting for checkpoints in {checkpoint_dir(self.workdir)}")
                     announced = True
                 time.sleep(self.evals.poll_seconds)
         return self.store
 
+    def _restore(self, step: int) -> tuple[FrozenModel | None, Exception | None]:
+        """The model of `step` on every process, or (None, error) on every process when any of them
+        could not read it."""
+        model, error = None, None
+        try:
+            model = restore_frozen_model(self.store, step, self.mesh)
+        except Exception as raised:
+            error = raised
+        if distributed.all_processes(error is None):
+            return model, None
+        return None, error or RuntimeError("another process could not read it")
+
     def evaluate_step(self, step: int, writer: MetricsWriter) -> dict[str, Any] | None:
         """Evaluates one checkpoint and appends its row; None when it cannot be read (warned)."""
         start = time.perf_counter()
-        try:
-            model = restore_frozen_model(self.store, step, self.mesh)
-        except Exception as error:
-            self._restore_failed(step, error)
+        model, error = self._restore(step)
+        if model is None:
+            if distributed.is_primary():     # only process 0's bookkeeping decides what comes next
+                self._restore_failed(step, error)
             return None
         metrics = evaluate_model(model, self.evaluators, self.data(), self.evals, self.mesh)
         row = writer.write(step, metrics)
         self.done.add(step)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        console(f"step {step}: {shown or 'no metrics'} ({time.perf_counter() - start:.1f}s)")
+        say(f"step {step}: {shown or 'no metrics'} ({time.perf_counter() - start:.1f}s)")
         return row
 
     def _restore_failed(self, step: int, error: Exception) -> None:
@@ -143,13 +180,21 @@ class Watcher:
         else:
             log.warning("checkpoint at step %d could not be read (half-written?); will retry (%s)", step, reason)
 
+    def _plan(self) -> tuple[bool, list[int]]:
+        """(training finished, steps to evaluate now), as process 0 sees them."""
+        plan = None
+        if distributed.is_primary():
+            finished = completed_step(self.workdir) is not None     # read before listing the steps
+            plan = [finished, [s for s in self.store.steps() if s not in self.done and s not in self.given_up]]
+        finished, todo = distributed.broadcast_from_primary(plan)
+        return bool(finished), [int(s) for s in todo]
+
     def watch(self, writer: MetricsWriter) -> None:
         """Until the completion marker is present and no retained checkpoint is left to evaluate."""
         self.data()                      # a data error shows now, not after the first checkpoint
         self._open_store(wait=True)
         while True:
-            finished = completed_step(self.workdir) is not None     # read before listing the steps
-            todo = [s for s in self.store.steps() if s not in self.done and s not in self.given_up]
+            finished, todo = self._plan()
             if finished and not todo:
                 return
             progressed = any([self.evaluate_step(step, writer) is not None for step in todo])
@@ -158,12 +203,15 @@ class Watcher:
 
     def evaluate_one(self, step: int, writer: MetricsWriter) -> None:
         store = self._open_store(wait=False)
-        if step in self.done:
-            console(f"step {step} is already in {self.log_path}; remove its line to evaluate it again")
+        steps = distributed.broadcast_from_primary(store.steps() if distributed.is_primary() else None)
+        if distributed.broadcast_from_primary(step in self.done):
+            say(f"step {step} is already in {self.log_path}; remove its line to evaluate it again")
             return
-        if step not in store.steps():
-            raise ValueError(f"no checkpoint at step {step} in {store.directory}; it has {store.steps()}")
-        model = restore_frozen_model(store, step, self.mesh)
+        if step not in steps:
+            raise ValueError(f"no checkpoint at step {step} in {store.directory}; it has {steps}")
+        model, error = self._restore(step)
+        if model is None:
+            raise error
         metrics = evaluate_model(model, self.evaluators, self.data(), self.evals, self.mesh)
         writer.write(step, metrics)
         self.done.add(step)
@@ -175,9 +223,10 @@ class Watcher:
 
 def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> list[dict[str, Any]]:
     """Watches `workdir` (or evaluates only `step`), then prints the summary table, writes the plot
-    and returns every row of `metrics/eval.jsonl`."""
+    and returns every row of `metrics/eval.jsonl`. In a multi-process job every process calls it;
+    process 0 writes, prints and plots."""
     watcher = Watcher(cfg, workdir)
-    writer = MetricsWriter(workdir, EVAL_LOG)
+    writer = MetricsWriter(workdir, EVAL_LOG, enabled=distributed.is_primary())
     try:
         if step is None:
             watcher.watch(writer)
@@ -187,9 +236,10 @@ def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None =
         writer.close()
         watcher.close()
     rows = read_rows(watcher.log_path)
-    console(format_table(rows))
-    if rows and plot(rows, os.path.join(watcher.workdir, "metrics", f"{EVAL_LOG}.png")):
-        console(f"plot: {os.path.join(watcher.workdir, 'metrics', EVAL_LOG + '.png')}")
+    say(format_table(rows))
+    png = os.path.join(watcher.workdir, "metrics", f"{EVAL_LOG}.png")
+    if rows and distributed.is_primary() and plot(rows, png):
+        say(f"plot: {png}")
     return rows
 
 
@@ -203,12 +253,14 @@ def main(argv=None) -> None:
     flags.DEFINE_string("workdir", None, "Training directory whose checkpoints are evaluated (read-only).")
     flags.DEFINE_integer("step", None, "Evaluate only this checkpoint step, then exit.")
     flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_flags()
 
     def run(_):
         absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
         try:
+            distributed.initialize(flags.FLAGS)
             evaluate(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
             raise SystemExit(f"error: {err}")
 
     app.run(run, argv=argv)

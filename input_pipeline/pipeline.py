@@ -283,8 +283,9 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 class EvalIterator:
     """One pass (re-startable) over an evaluation split, padded to a whole number of batches.
 
-    Each batch is ``{"inputs": {modality: [B, ...]}, "labels": {name: int [B]}, "mask": bool [B]}``;
-    padding rows repeat record 0 with mask False. Every process yields ``num_steps`` batches.
+    Each batch is ``{"inputs": {modality: [B, ...]}, "labels": {name: int [B]}, "mask": bool [B],
+    "index": int64 [B]}``, ``index`` the example's position in the split; padding rows repeat record 0
+    with mask False and index -1. Every process yields ``num_steps`` batches.
     """
 
     def __init__(self, dataset: tf.data.Dataset, num_steps: int, num_examples: int):
@@ -330,7 +331,7 @@ def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: 
         for modality, key in modalities.items():
             op_seed = example_seed(0, 0, safe_index, 0, modality)
             inputs[modality] = _finish(ops[modality](reader.read(key, safe_index), op_seed))
-        return {"inputs": inputs, "mask": index >= 0,
+        return {"inputs": inputs, "mask": index >= 0, "index": index,
                 "labels": {key: reader.read(key, safe_index) for key in label_keys}}
 
     dataset = (tf.data.Dataset.from_tensor_slices(padded)

@@ -1,9 +1,11 @@
 """Two local processes (coordinator on 127.0.0.1), each with 2 fake CPU devices, train the CPU-sized
 config: losses and final parameters match one process with 4 fake devices on the same global batch.
-Each process reads its own half of the data; the global batch holds the same examples."""
+Each process reads its own half of the data; the global batch holds the same examples. Evaluation
+launched the same way reports the metrics of one process with 4 devices, written once."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +14,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from comm_jax.checkpoints import CheckpointStore, mark_complete
+from comm_jax.mesh import make_mesh
+from comm_jax.train_state import create_train_state
+from configs import trifeatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -83,8 +90,74 @@ def test_two_processes_match_one_process(tmp_path, tfds_dir):
         assert err <= 5e-4 * max(np.linalg.norm(value), 1e-12), name
 
 
-def test_incomplete_multiprocess_flags_are_refused(tmp_path):
-    proc = subprocess.run(command(str(tmp_path), "unused", "--num_processes=2"), cwd=ROOT,
+# ---------------------------------------------------------------- the evaluation process
+
+EVAL_STEPS = (2, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory, tfds_dir):
+    """Checkpoints of a tiny model at steps 2 and 4 (other initial weights each), written by the
+    training's checkpoint store, and the completion marker: what evaluation reads of a trained run."""
+    cfg = trifeatures.get_config("cpu")
+    cfg.model.update(dict(width=32, heads=2, head_hidden=32, head_out=16))
+    for m in cfg.model.modalities:
+        cfg.model.encoders[m].encoder_args.channels = (8, 16, 16)
+    cfg.num_steps, cfg.data.data_dir = EVAL_STEPS[-1], tfds_dir
+    workdir = str(tmp_path_factory.mktemp("tiny") / "run")
+    store = CheckpointStore(workdir, keep=None, async_save=False)
+    for step in EVAL_STEPS:
+        cfg.seed = step
+        _, state, *_ = create_train_state(cfg, make_mesh(cfg.mesh))
+        store.save(step, state, {"position": step, "seed": step}, cfg.to_json(), force=True)
+    store.close()
+    mark_complete(workdir, EVAL_STEPS[-1])
+    return workdir
+
+
+def eval_command(workdir, data_dir, *extra):
+    """Evaluation of 80 training examples (the first 80 of 96 read: an early stop) and 40 test
+    examples (padded), 32 per global batch."""
+    return [sys.executable, "-m", "comm_jax.evaluate", "--config=configs/trifeatures.py:cpu", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}", "--config.evals.batch_size=32",
+            "--config.evals.train_split=train[:96]", "--config.evals.train_examples=80",
+            "--config.evals.test_split=test[:40]", "--config.evals.poll_seconds=0.1", *extra]
+
+
+def eval_rows(workdir):
+    with open(os.path.join(workdir, "metrics", "eval.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_evaluation_as_two_processes_matches_one_process(tmp_path, tiny_workdir, tfds_dir):
+    single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+    for workdir in (single, multi):
+        shutil.copytree(tiny_workdir, workdir)
+    address = f"127.0.0.1:{free_port()}"
+    launches = [(eval_command(single, tfds_dir), 4)] + [
+        (eval_command(multi, tfds_dir, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"), 2)
+        for i in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env_with_devices(devices), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for cmd, devices in launches]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+
+    reference, rows = eval_rows(single), eval_rows(multi)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference] == list(EVAL_STEPS)   # one row per step
+    for expected, got in zip(reference, rows):
+        assert got.keys() == expected.keys() and "probe/R" in got and "knn/R" in got
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-6), (expected["step"], key)
+    primary, other = outputs[1][0], outputs[2][0]
+    assert all(f"step {s}:" in primary for s in EVAL_STEPS)
+    assert not [line for line in other.splitlines() if line.startswith("step")]   # only process 0 prints
+
+
+@pytest.mark.parametrize("program", ["train", "evaluate"])
+def test_incomplete_multiprocess_flags_are_refused(tmp_path, program):
+    build = command if program == "train" else eval_command
+    proc = subprocess.run(build(str(tmp_path), "unused", "--num_processes=2"), cwd=ROOT,
                           env=env_with_devices(1), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "missing ['coordinator_address', 'process_id']" in proc.stderr

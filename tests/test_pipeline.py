@@ -145,7 +145,7 @@ def test_state_from_another_stream_is_rejected(data_dir):
 
 def test_eval_batches_are_padded_masked_and_cover_each_record_once_across_hosts(data_dir):
     cfg = make_cfg(data_dir)
-    seen, steps = [], []
+    seen, positions, steps = [], [], []
     for index in range(2):
         iterator = pipeline.make_eval_iterator(cfg, "test", batch_size=4, process_index=index,
                                                process_count=2, labels=("label", "id"))
@@ -159,8 +159,12 @@ def test_eval_batches_are_padded_masked_and_cover_each_record_once_across_hosts(
             np.testing.assert_array_equal(batch["labels"]["label"][batch["mask"]],
                                           batch["labels"]["id"][batch["mask"]] % 4)
             seen.extend(batch["labels"]["id"][batch["mask"]].tolist())
+            np.testing.assert_array_equal(batch["index"] >= 0, batch["mask"])
+            assert all(p % 2 == index for p in batch["index"][batch["mask"]])
+            positions.extend(batch["index"][batch["mask"]].tolist())
     assert steps == [2, 2]
     assert sorted(seen) == list(range(1000, 1000 + NUM_TEST))
+    assert sorted(positions) == list(range(NUM_TEST))      # "index": the example's position in the split
 
 
 def test_eval_inputs_are_not_augmented(data_dir):

@@ -1,6 +1,6 @@
 """Frozen-representation extraction: Z `[examples, width]` for several subsets of modalities in one
-pass over an evaluation split, batches sharded over the mesh and padding rows dropped; and the
-per-checkpoint context that extracts each split once for all evaluators."""
+pass over an evaluation split, batches sharded over the mesh, the rows of every process gathered and
+padding rows dropped; and the per-checkpoint context that extracts each split once for all evaluators."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from comm_jax.evaluators.frozen_model import FrozenModel, Subset
@@ -28,36 +29,80 @@ class SplitFeatures:
         return len(next(iter(self.z.values())))
 
 
+def _as_bytes(x: np.ndarray) -> np.ndarray:
+    """`[B, ...]` of any dtype -> uint8 `[B, bytes per row]`: labels travel through the devices
+    losslessly (JAX without x64 would narrow int64 and float64)."""
+    x = np.ascontiguousarray(x)
+    return x.view(np.uint8).reshape(len(x), -1) if x.size else np.zeros((len(x), 0), np.uint8)
+
+
+def _from_bytes(raw: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(like.dtype).reshape((len(raw),) + like.shape[1:])
+
+
+def _gathered_batch(model: FrozenModel, batch: Mapping[str, Any], subsets: tuple[Subset, ...], mesh: Mesh,
+                    position: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(Z `[subsets, global batch, width]`, split positions `[global batch]` (-1: padding), labels) of
+    one step, the same on every process: each process's rows are placed on its devices and gathered."""
+    mask = np.asarray(batch["mask"], bool)
+    if "index" in batch:
+        index = np.asarray(batch["index"], np.int64)
+    elif jax.process_count() == 1:    # batches in the split's order: positions count on
+        index = position + np.arange(len(mask), dtype=np.int64)
+    else:
+        raise ValueError("multi-process evaluation needs each batch's split positions under 'index'")
+    inputs = put_batch(dict(batch["inputs"]), mesh)
+    valid = put_batch(dict(batch["valid"]), mesh) if batch.get("valid") else None
+    labels = {key: np.asarray(value) for key, value in batch.get("labels", {}).items()}
+    index = np.where(mask, index, -1)
+    z = model.representations(inputs, subsets, valid)
+    if jax.process_count() == 1:
+        return np.asarray(z), index, labels
+    local = {"index": index.astype(np.int32), "labels": {key: _as_bytes(value) for key, value in labels.items()}}
+    gathered = multihost_utils.process_allgather({"z": z, **put_batch(local, mesh)}, tiled=True)
+    return (gathered["z"], gathered["index"].astype(np.int64),
+            {key: _from_bytes(gathered["labels"][key], value) for key, value in labels.items()})
+
+
 def extract_features(model: FrozenModel, batches: Iterable[Mapping[str, Any]], subsets: Sequence[Subset],
                      mesh: Mesh, *, max_examples: int = 0) -> SplitFeatures:
-    """Runs `model` over eval batches (`{"inputs", "labels", "mask"}`, the global batch divisible by
-    `mesh.size`) and keeps the rows whose mask is True, at most `max_examples` (0: all)."""
-    if jax.process_count() > 1:
-        raise NotImplementedError("feature extraction gathers on one host; run evaluation as a single process")
+    """Runs `model` over eval batches (`{"inputs", "labels", "mask", "index"}`, `index` the example's
+    position in the split) and keeps the rows whose mask is True: the first `max_examples` of the
+    split (0: all), in the split's order.
+
+    Each process passes its own shard (the same number of batches on every process, global batch
+    divisible by `mesh.size`); the rows of all processes are gathered, so every process returns the
+    same features. A single-process caller may omit `index` when its batches follow the split's order.
+    """
     subsets = tuple(dict.fromkeys(tuple(s) for s in subsets))
     z_parts: list[np.ndarray] = []
+    index_parts: list[np.ndarray] = []
     label_parts: dict[str, list[np.ndarray]] = {}
-    kept = 0
+    position = kept = 0
     for batch in batches:
-        size = len(batch["mask"])
+        size = len(batch["mask"]) * jax.process_count()
         if size % mesh.size:
             raise ValueError(f"evaluation batch of {size} is not divisible by the {mesh.size} devices of the mesh")
-        device_inputs = put_batch(dict(batch["inputs"]), mesh)
-        valid = put_batch(dict(batch["valid"]), mesh) if batch.get("valid") else None
-        z = np.asarray(model.representations(device_inputs, subsets, valid))   # [subsets, batch, width]
-        mask = np.asarray(batch["mask"], bool)
-        z_parts.append(z[:, mask])
-        for key, value in batch.get("labels", {}).items():
-            label_parts.setdefault(key, []).append(np.asarray(value)[mask])
-        kept += int(mask.sum())
+        z, index, labels = _gathered_batch(model, batch, subsets, mesh, position)
+        position += len(batch["mask"])
+        rows = index >= 0
+        z_parts.append(z[:, rows])
+        index_parts.append(index[rows])
+        for key, value in labels.items():
+            label_parts.setdefault(key, []).append(value[rows])
+        kept += int(rows.sum())
+        # `kept` counts every process's rows: all stop at the same step. Examples are dealt to the
+        # processes round-robin, so the first k steps hold the split's first k x global batch.
         if max_examples and kept >= max_examples:
             break
     if not z_parts:
         raise ValueError("the evaluation split yielded no batches")
-    limit = min(kept, max_examples) if max_examples else kept
-    stacked = np.concatenate(z_parts, axis=1)[:, :limit]
+    order = np.argsort(np.concatenate(index_parts), kind="stable")
+    if max_examples:
+        order = order[:max_examples]
+    stacked = np.concatenate(z_parts, axis=1)[:, order]
     return SplitFeatures(z={s: stacked[i] for i, s in enumerate(subsets)},
-                         labels={k: np.concatenate(v)[:limit] for k, v in label_parts.items()})
+                         labels={k: np.concatenate(v)[order] for k, v in label_parts.items()})
 
 
 class EvalContext:
