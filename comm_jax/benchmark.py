@@ -37,6 +37,8 @@ CPU_TRAIN_SWEEP = (
 ACCELERATOR_TRAIN_SWEEP = tuple((name, "auto", (), None) for name in (
     "configs/trifeatures.py", "configs/trifeatures.py:cpu", "configs/fusion_heavy.py"))
 LOSS_BATCHES = (256, 1024, 4096, 16384)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_SCRIPT = os.path.join(os.path.dirname(REPO_ROOT), "shared", "bench", "torch_reference_step.py")
 
 
 def load_config(spec: str):
@@ -187,7 +189,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--input-bound-steps", type=int, default=20)
     g = p.add_argument_group("torch")
     g.add_argument("--torch-python", help="python of an environment with torch (never this one)")
-    g.add_argument("--torch-script", default="/work/shared/bench/torch_reference_step.py")
+    g.add_argument("--torch-script", default=TORCH_SCRIPT,
+                   help="the PyTorch reference step (default: ../shared/bench/ beside the repository)")
     g.add_argument("--torch-batch", type=int, default=16)
     g.add_argument("--torch-sizes", default="224,64")
     g.add_argument("--torch-threads", type=int, default=2)

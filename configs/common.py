@@ -15,8 +15,22 @@ LOSSES = ("comm", "cross", "cross_self", "cmc", "simclr")
 TOP_LEVEL_KEYS = ("seed", "batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts", "mesh",
                   "precision", "loss", "optimizer", "model", "data", "evals")
 IMAGENET_MEAN_STD = "normalize"
-SIMCLR_IMAGE_OPS = ("random_resized_crop({size}, scale=(0.08, 1.0))|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
-                    "|grayscale(p=0.2)|gaussian_blur(sigma=(0.1, 2.0), p=0.5)|flip_lr|normalize")
+# The reference's blur sigmas are in pixels at 224 px; smaller images get the same relative blur.
+REFERENCE_IMAGE_SIZE = 224
+
+
+def simclr_image_ops(size: int, crop_scale: tuple[float, float] = (0.08, 1.0)) -> str:
+    """The reference's SimCLR augmentation (CoMM, Cross+Self views) at output `size`, as an op spec:
+    random resized crop, colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5), flip."""
+    blur = tuple(round(s * size / REFERENCE_IMAGE_SIZE, 3) for s in (0.1, 2.0))
+    return (f"random_resized_crop({size}, scale={tuple(crop_scale)})|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
+            f"|grayscale(p=0.2)|gaussian_blur(sigma={blur}, p=0.5)|flip_lr|normalize")
+
+
+def weak_image_ops(size: int) -> str:
+    """The reference's `img_transform` (CLIP's training views, and the probes'): a random resized
+    crop of scale (0.5, 1) and normalisation, no colour or blur."""
+    return f"random_resized_crop({size}, scale=(0.5, 1.0))|normalize"
 
 
 def parse_arg(arg: str | None, known: Iterable[str]) -> dict[str, str]:

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 # Run as a plain script from anywhere: the repository root holds the `input_pipeline` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import input_pipeline  # noqa: E402,F401  (registers the TFDS builders)
+from configs.common import simclr_image_ops  # noqa: E402
 from input_pipeline import augment, pipeline  # noqa: E402
 
 IMAGES = ("image_1", "image_2")
@@ -52,7 +53,7 @@ def draw(config: str, data_dir: str | None, num_pairs: int, seed: int, output: s
     features = tfds.builder(config, data_dir=data_dir).info.features
     loaded = pipeline.load_split(config, "train", IMAGES + LABELS, data_dir=data_dir)
     size = loaded.image_shapes["image_1"][0]
-    show_views = augment.parse(augment.simclr_image_ops(size).removesuffix("|normalize"))
+    show_views = augment.parse(simclr_image_ops(size).removesuffix("|normalize"))
     indices = pick_pairs(loaded.columns["synergy"], num_pairs, seed)
 
     figure, axes = plt.subplots(num_pairs, 6, figsize=(12, 2.2 * num_pairs), squeeze=False)

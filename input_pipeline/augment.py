@@ -49,12 +49,6 @@ def registered_ops() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def simclr_image_ops(size: int) -> str:
-    """The SimCLR image augmentation (as in the CoMM reference) at output `size`, as a spec."""
-    return (f"random_resized_crop({size})|color_jitter(0.4,0.4,0.4,0.1,p=0.8)|grayscale(p=0.2)"
-            "|gaussian_blur(sigma=(0.1,2.0),p=0.5)|flip_lr|normalize")
-
-
 def parse_one(spec: str) -> AugmentOp:
     """Builds one op from ``name`` or ``name(arg, ..., key=value)``; args are Python literals."""
     match = _OP_PATTERN.match(spec)

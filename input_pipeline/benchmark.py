@@ -23,7 +23,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import input_pipeline  # noqa: F401  (registers the TFDS builders)
-from input_pipeline import augment, pipeline
+from configs.common import simclr_image_ops
+from input_pipeline import pipeline
 
 
 def benchmark_config(name: str, *, data_dir: str | None, modalities: Sequence[str],
@@ -35,7 +36,7 @@ def benchmark_config(name: str, *, data_dir: str | None, modalities: Sequence[st
     data_cfg = ml_collections.ConfigDict({
         "name": name, "data_dir": data_dir, "train_split": "train",
         "modalities": {modality: modality for modality in modalities},
-        "augment": {modality: augment.simclr_image_ops(size) for modality in modalities},
+        "augment": {modality: simclr_image_ops(size) for modality in modalities},
     })
     started = time.perf_counter()
     iterator = pipeline.make_train_iterator(data_cfg, batch_size=batch_size, seed=0)

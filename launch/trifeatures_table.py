@@ -12,11 +12,14 @@ bar chart (PNG). Runs are resumed/skipped when their work directory already has 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+import time
 
 PAPER = {  # linear probe on frozen Z, accuracy % (CoMM paper, Bimodal Trifeatures)
     "cross": {"R": 100.0, "U": 11.6, "S": 50.0},
@@ -24,8 +27,16 @@ PAPER = {  # linear probe on frozen Z, accuracy % (CoMM paper, Bimodal Trifeatur
     "factorcl": {"R": 99.8, "U": 62.5, "S": 46.5},
     "comm": {"R": 99.9, "U": 87.8, "S": 71.9},
 }
+# The issue's targets for the CPU-sized variant: (task, ">=" or "<=", value in %).
+TARGETS = {
+    "comm": (("R", ">=", 95.0), ("U", ">=", 70.0), ("S", ">=", 65.0)),
+    "cross": (("R", ">=", 95.0), ("U", "<=", 30.0), ("S", "<=", 55.0)),
+    "cross_self": (("R", ">=", 95.0),),
+}
 NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Self", "factorcl": "FactorCL"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from comm_jax.checkpoints import completed_step  # noqa: E402
 
 
 def run(cmd: list[str]) -> None:
@@ -33,10 +44,14 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def final_metrics(workdir: str) -> dict[str, float]:
+def final_metrics(workdir: str) -> dict[str, float] | None:
+    """The evaluation row of the final checkpoint, or None when training or its evaluation is not done."""
+    final = completed_step(workdir)
     path = os.path.join(workdir, "metrics", "eval.jsonl")
+    if final is None or not os.path.exists(path):
+        return None
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    return max(rows, key=lambda r: r["step"])
+    return next((r for r in rows if r["step"] == final), None)
 
 
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
@@ -47,11 +62,14 @@ def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, 
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
     if args.data_dir:
         overrides.append(f"--config.data.data_dir={args.data_dir}")
-    marker = os.path.join(workdir, "metrics", "eval.jsonl")
-    if not os.path.exists(marker):
+    row = final_metrics(workdir)
+    if row is None:     # train (resuming if interrupted), then evaluate the final checkpoint only
         run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
-        run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}", *overrides])
-    return final_metrics(workdir)
+        final = completed_step(workdir)
+        run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}",
+             f"--step={final}", *overrides])
+        row = final_metrics(workdir)
+    return row
 
 
 def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -64,12 +82,26 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
     return table
 
 
-def markdown(table, n_seeds: int, variant: str) -> str:
+def target_checks(table) -> dict[str, dict[str, bool]]:
+    """method -> {"U >= 70": met?} for the issue's CPU-variant targets of the methods in `table`."""
+    checks = {}
+    for method, targets in TARGETS.items():
+        if method in table:
+            checks[method] = {f"{task} {op} {value:g}": (table[method][task][0] >= value if op == ">="
+                                                         else table[method][task][0] <= value)
+                              for task, op, value in targets}
+    return checks
+
+
+def markdown(table, n_seeds: int, variant: str, checks) -> str:
     lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant, mean ± std over {n_seeds} seed(s); "
              "paper in brackets.", "", "| method | R | U | S |", "| --- | --- | --- | --- |"]
     for method, row in table.items():
         cells = [f"{row[t][0]:.1f} ± {row[t][1]:.1f} ({PAPER[method][t]:.1f})" for t in ("R", "U", "S")]
         lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + " |")
+    if variant == "cpu" and checks:
+        lines += ["", "CPU-variant targets: " + "; ".join(
+            f"{NAMES[m]} {name} {'met' if ok else 'MISSED'}" for m, found in checks.items() for name, ok in found.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -104,6 +136,7 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     args = parser.parse_args()
 
+    started = time.time()
     results: dict[str, list[dict[str, float]]] = {}
     for method in args.methods.split(","):
         if method not in PAPER:
@@ -112,15 +145,21 @@ def main() -> None:
         for seed in range(args.seeds):
             unbiased = pretrain_and_probe(args, method, seed, biased=False)
             biased = pretrain_and_probe(args, method, seed, biased=True)
-            results[method].append({"R": unbiased["probe/R"], "U": (unbiased["probe/U1"] + unbiased["probe/U2"]) / 2,
-                                    "S": biased["probe/S"]})
+            results[method].append({k: 100.0 * v for k, v in (
+                ("R", unbiased["probe/R"]), ("U", (unbiased["probe/U1"] + unbiased["probe/U2"]) / 2),
+                ("S", biased["probe/S"]))})
     table = summarise(results)
+    checks = target_checks(table)
     os.makedirs(args.root, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
         json.dump({"variant": args.variant, "seeds": args.seeds, "per_seed": results,
                    "table": {m: {t: {"mean": v[0], "std": v[1]} for t, v in row.items()} for m, row in table.items()},
-                   "paper": PAPER}, f, indent=2)
-    text = markdown(table, args.seeds, args.variant)
+                   "paper": PAPER, "targets": checks, "command": " ".join(sys.argv), "commit": commit,
+                   "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+                   "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
+    text = markdown(table, args.seeds, args.variant, checks)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     bar_chart(table, os.path.join(args.root, "table.png"))

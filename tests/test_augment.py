@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs.common import simclr_image_ops
 from input_pipeline import augment
 
 SIZE = 32
 RANDOM_SPECS = [
     "random_resized_crop(24)", "color_jitter(p=1.0)", "gaussian_blur(p=1.0)",
-    augment.simclr_image_ops(SIZE),
+    simclr_image_ops(SIZE),
 ]
 
 
@@ -65,7 +66,7 @@ def test_same_seed_gives_the_same_output_and_other_seeds_differ(spec):
 
 
 def test_ops_give_the_same_result_inside_a_parallel_tf_data_map():
-    op = augment.parse(augment.simclr_image_ops(SIZE))
+    op = augment.parse(simclr_image_ops(SIZE))
     x = image()
     mapped = (tf.data.Dataset.range(6)
               .map(lambda i: op(x, tf.stack([i, tf.constant(17, tf.int64)])),
@@ -75,7 +76,7 @@ def test_ops_give_the_same_result_inside_a_parallel_tf_data_map():
 
 
 def test_simclr_chain_gives_normalised_float32_of_the_crop_size():
-    output = run(augment.simclr_image_ops(24), image())
+    output = run(simclr_image_ops(24), image())
     assert output.shape == (24, 24, 3) and output.dtype == np.float32
     lowest = (0 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)
     highest = (1 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline import augment, pipeline
+from configs.common import simclr_image_ops
+from input_pipeline import pipeline
 
 NUM_TRAIN, NUM_TEST, SIZE = 40, 13, 16
 BAD_SHAPE_ID, NAN_ID = 7, 11
@@ -62,7 +63,7 @@ def make_cfg(data_dir: str, config: str = "clean", **overrides) -> ml_collection
         "name": f"tiny_pairs_for_pipeline_test/{config}", "data_dir": data_dir,
         "train_split": "train",
         "modalities": {"image": "image_a", "tabular": "vector", "ident": "id"},
-        "augment": {"image": augment.simclr_image_ops(SIZE),
+        "augment": {"image": simclr_image_ops(SIZE),
                     "tabular": "gaussian_noise(p=1.0)|drop_steps(p=0.5)"},
     }
     return ml_collections.ConfigDict(fields | overrides)
