@@ -66,6 +66,17 @@ def _self_lse(self_logits: jax.Array, offset: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(jnp.where(own, -jnp.inf, self_logits), axis=-1)
 
 
+def _column_lse(stripe: jax.Array, offset: jax.Array, axis_name: AxisName) -> jax.Array:
+    """Log-sum-exp down the columns of a matrix whose rows are sharded: `stripe` `[..., b, N]` holds
+    this device's rows (global rows `offset .. offset + b`); returns the LSE of columns `offset ..
+    offset + b` over all N rows, `[..., b]`. Across devices only `[..., N]` partial results move."""
+    partial = jax.nn.logsumexp(stripe, axis=-2)                                 # [..., N]
+    if axis_name is not None:
+        peak = jax.lax.pmax(jax.lax.stop_gradient(partial), axis_name)
+        partial = peak + jnp.log(jax.lax.psum(jnp.exp(partial - peak), axis_name))
+    return jax.lax.dynamic_slice_in_dim(partial, offset, stripe.shape[-2], axis=-1)
+
+
 def nt_xent(a: jax.Array, b: jax.Array, temperature: float = 0.1,
             axis_name: AxisName = None) -> tuple[jax.Array, jax.Array]:
     """SimCLR's NT-Xent over 2B rows for `a`, `b` of shape `[batch, dim]` (not normalised).
@@ -101,9 +112,9 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
 
     view1, view2: `[n + 1, batch, dim]`, entry n the full multimodal embedding (A_e and C_e).
     L_e = (nt_xent(A_e, C_n) + nt_xent(C_e, A_n)) / 2 and loss = mean_e L_e (weighted if `weights`).
-    All 2(n+1) NT-Xent terms come from three batched similarity matmuls with float32 accumulation:
-    every view row against the other view's full embedding, every full-embedding row against every
-    embedding of the other view, and every row against its own view's columns.
+    All 2(n+1) NT-Xent terms come from two batched similarity matmuls with float32 accumulation:
+    every view row against the other view's full embedding (whose column log-sum-exps give the
+    full-embedding rows of each term), and every row against its own view's columns.
 
     metrics: `ssl_loss_{e}`, `ssl_acc_{e}` per term and `ssl_acc` (retrieval accuracy in %, as
     the reference: rows of A_e against C_n and of C_e against A_n, averaged).
@@ -113,23 +124,24 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
     n_emb = view1.shape[0]
     local = jnp.stack([l2_normalize(view1), l2_normalize(view2)])      # [2, E, b, D]: A, C
     glob, offset = _gather(local, axis_name, axis=2)                   # [2, E, N, D]
-    full_local = local[::-1, -1]                                       # [2, b, D]: C_n, A_n
     full_glob = glob[::-1, -1]                                         # [2, N, D]: C_n, A_n
     scale = 1.0 / temperature
 
-    # Rows A_e vs C_n and C_e vs A_n (the "view" rows of each term).
+    # Rows A_e vs C_n and C_e vs A_n (the "view" rows of each term): a row stripe of the global
+    # matrices M_{0,e} = A_e C_n^T and M_{1,e} = C_e A_n^T.
     view_cross = _scores(local, full_glob, "verd,vnd->vern", scale)
-    # Rows C_n vs A_e and A_n vs C_e (the "full" rows of each term).
-    full_cross = _scores(full_local, glob, "vrd,vend->vern", scale)
     # Same-view columns of every row group, the diagonal removed. Index [v, e] is group (v, e).
     self_lse = _self_lse(_scores(local, glob, "verd,vend->vern", scale), offset)
 
     view_lse, view_pos, view_correct = _row_stats(view_cross, offset)
-    full_lse, full_pos, _ = _row_stats(full_cross, offset)
+    # The "full" rows of each term (C_n vs A_e, A_n vs C_e) are the columns of the same M_{v,e}: their
+    # log-sum-exp is a column LSE of the stripes (combined over devices) and their positive is the
+    # same diagonal entry, so no second similarity matmul is needed.
+    full_lse = _column_lse(view_cross, offset, axis_name)
     view_rows = jnp.logaddexp(view_lse, self_lse) - view_pos                  # [2, E, b]
     # A row C_n (v = 0 term) uses C's own columns: self_lse[1, -1]; A_n rows use self_lse[0, -1].
     full_self = self_lse[::-1, -1][:, None, :]                                 # [2, 1, b]
-    full_rows = jnp.logaddexp(full_lse, full_self) - full_pos                 # [2, E, b]
+    full_rows = jnp.logaddexp(full_lse, full_self) - view_pos                 # [2, E, b]
 
     sums = _sum_over_devices(
         ((view_rows + full_rows).sum(axis=(0, 2)), view_correct.sum(axis=(0, 2))), axis_name)
