@@ -242,13 +242,9 @@ def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: flo
             lambda x: tf.image.adjust_hue(x, hue_shift),
         ]
         order = tf.argsort(_uniform(order_seed, shape=[4]))
-
-        # A loop traces the four adjustments once instead of once per step.
-        def step(position: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            branches = [functools.partial(adjust, x) for adjust in adjustments]
-            return position + 1, tf.switch_case(order[position], branches)
-
-        _, image = tf.while_loop(lambda position, x: position < 4, step, (0, image))
+        # Four static positions, each picking its adjustment: no loop to drive per image.
+        for position in range(4):
+            image = tf.switch_case(order[position], [functools.partial(adjust, image) for adjust in adjustments])
         return image
 
     jitter = _apply_with_probability(op, p)
