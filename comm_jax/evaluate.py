@@ -201,11 +201,13 @@ class Watcher:
             if not progressed:
                 time.sleep(self.evals.poll_seconds)
 
-    def evaluate_one(self, step: int, writer: MetricsWriter) -> None:
+    def evaluate_one(self, step: int, writer: MetricsWriter, again: bool = False) -> None:
+        """Evaluates `step` once; with `again`, also when `eval.jsonl` has it (a new row is appended
+        and readers take a step's last row)."""
         store = self._open_store(wait=False)
         steps = distributed.broadcast_from_primary(store.steps() if distributed.is_primary() else None)
-        if distributed.broadcast_from_primary(step in self.done):
-            say(f"step {step} is already in {self.log_path}; remove its line to evaluate it again")
+        if not again and distributed.broadcast_from_primary(step in self.done):
+            say(f"step {step} is already in {self.log_path}; pass --again to evaluate it again")
             return
         if step not in steps:
             raise ValueError(f"no checkpoint at step {step} in {store.directory}; it has {steps}")
@@ -221,7 +223,8 @@ class Watcher:
             self.store.close()
 
 
-def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> list[dict[str, Any]]:
+def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+             again: bool = False) -> list[dict[str, Any]]:
     """Watches `workdir` (or evaluates only `step`), then prints the summary table, writes the plot
     and returns every row of `metrics/eval.jsonl`. In a multi-process job every process calls it;
     process 0 writes, prints and plots."""
@@ -231,7 +234,7 @@ def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None =
         if step is None:
             watcher.watch(writer)
         else:
-            watcher.evaluate_one(step, writer)
+            watcher.evaluate_one(step, writer, again=again)
     finally:
         writer.close()
         watcher.close()
@@ -252,6 +255,8 @@ def main(argv=None) -> None:
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Training directory whose checkpoints are evaluated (read-only).")
     flags.DEFINE_integer("step", None, "Evaluate only this checkpoint step, then exit.")
+    flags.DEFINE_bool("again", False, "With --step: evaluate it even when eval.jsonl has it (e.g. after "
+                      "adding an evaluator); the new row is appended, the old one kept.")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
 
@@ -259,7 +264,9 @@ def main(argv=None) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
         try:
             distributed.initialize(flags.FLAGS)
-            evaluate(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step)
+            if flags.FLAGS.again and flags.FLAGS.step is None:
+                raise ValueError("--again needs --step (the watcher evaluates each checkpoint once)")
+            evaluate(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step, again=flags.FLAGS.again)
         except (ValueError, FileNotFoundError, RuntimeError) as err:
             raise SystemExit(f"error: {err}")
 

@@ -77,4 +77,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.probe_data = f"bimodal_trifeatures/{res}px"
     c.evals.tasks = {"R": "shape", "U1": "texture_1", "U2": "texture_2", "S": "synergy"}
     c.evals.task_means = {"U": ("U1", "U2")}
+    # As the reference: the unimodal baselines are probed on each image's own Z, concatenated (they never
+    # fuse the two images in training, so their fused Z is an untrained function); CoMM on its fused Z.
+    features = "concat" if c.loss.name in ("cross", "cross_self") else "joint"
+    c.evals.evaluators = {
+        "probe": {"type": "linear_probe", "features": features},
+        # The synergy label is 10% positives: an unweighted probe (the reference's) can score exactly
+        # chance on features that carry it. The class-balanced probe shows whether they do.
+        "probe_bal": {"type": "linear_probe", "features": features, "class_weight": "balanced", "tasks": ("S",)},
+        "knn": {"type": "knn", "features": features},
+        "retrieval": {"type": "retrieval"},
+    }
     return c

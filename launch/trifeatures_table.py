@@ -3,7 +3,12 @@
 For each method and seed: pretrain on unbiased pairs (R, U1, U2 from its linear probes) and on pairs
 biased by the texture->colour mapping M (S from its probe, balanced accuracy on unbiased pairs);
 evaluate each final checkpoint; write the table beside the paper's numbers (Markdown, JSON) and a
-bar chart (PNG). Runs are resumed/skipped when their work directory already has results.
+bar chart (PNG). Runs are resumed/skipped when their work directory already has results; a final
+checkpoint whose evaluation lacks a metric of the table (an evaluator added since) is evaluated again.
+
+Columns: R, U, S from the reference's probe (unweighted logistic regression, scored by balanced
+accuracy), and S_bal from a class-balanced probe of the same features: synergy is 10% positives, and an
+unweighted probe can score exactly 50 on features that carry it (see configs/trifeatures.py).
 
     python launch/trifeatures_table.py --variant=cpu --root=workdirs/table [--seeds=3] [--methods=comm,cross,cross_self]
     python launch/trifeatures_table.py --variant=full --root=/shared/table          # GPU
@@ -44,14 +49,19 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+TASKS = ("R", "U", "S", "S_bal")
+# The metrics each pretraining must have: unbiased runs give R and U, biased runs S and S_bal.
+NEEDED = {False: ("probe/R", "probe/U1", "probe/U2"), True: ("probe/S", "probe_bal/S")}
+
+
 def final_metrics(workdir: str) -> dict[str, float] | None:
-    """The evaluation row of the final checkpoint, or None when training or its evaluation is not done."""
+    """The last evaluation row of the final checkpoint, or None when training or its evaluation is not done."""
     final = completed_step(workdir)
     path = os.path.join(workdir, "metrics", "eval.jsonl")
     if final is None or not os.path.exists(path):
         return None
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    return next((r for r in rows if r["step"] == final), None)
+    return next((r for r in reversed(rows) if r["step"] == final), None)
 
 
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
@@ -63,12 +73,19 @@ def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, 
     if args.data_dir:
         overrides.append(f"--config.data.data_dir={args.data_dir}")
     row = final_metrics(workdir)
-    if row is None:     # train (resuming if interrupted), then evaluate the final checkpoint only
-        run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
+    if row is None or any(k not in row for k in NEEDED[biased]):
+        again = []
+        if row is None:     # train (resuming if interrupted), then evaluate the final checkpoint only
+            run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
+        else:               # evaluated before an evaluator of the table existed
+            again = ["--again"]
         final = completed_step(workdir)
         run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}",
-             f"--step={final}", *overrides])
+             f"--step={final}", *again, *overrides])
         row = final_metrics(workdir)
+        missing = [k for k in NEEDED[biased] if k not in (row or {})]
+        if missing:
+            raise SystemExit(f"{workdir}: the evaluation of step {final} lacks {missing} (see its eval log)")
     return row
 
 
@@ -76,7 +93,7 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
     table = {}
     for method, seeds in results.items():
         table[method] = {}
-        for task in ("R", "U", "S"):
+        for task in TASKS:
             values = [s[task] for s in seeds]
             table[method][task] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
     return table
@@ -95,9 +112,11 @@ def target_checks(table) -> dict[str, dict[str, bool]]:
 
 def markdown(table, n_seeds: int, variant: str, checks) -> str:
     lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant, mean ± std over {n_seeds} seed(s); "
-             "paper in brackets.", "", "| method | R | U | S |", "| --- | --- | --- | --- |"]
+             "paper in brackets. S_bal: the same features, class-balanced probe (the paper has no such column).",
+             "", "| method | R | U | S | S_bal |", "| --- | --- | --- | --- | --- |"]
     for method, row in table.items():
-        cells = [f"{row[t][0]:.1f} ± {row[t][1]:.1f} ({PAPER[method][t]:.1f})" for t in ("R", "U", "S")]
+        cells = [f"{row[t][0]:.1f} ± {row[t][1]:.1f}" + (f" ({PAPER[method][t]:.1f})" if t in PAPER[method] else "")
+                 for t in TASKS]
         lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + " |")
     if variant == "cpu" and checks:
         lines += ["", "CPU-variant targets: " + "; ".join(
@@ -112,12 +131,13 @@ def bar_chart(table, path: str) -> None:
     import numpy as np
 
     methods = list(table)
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), sharey=True)
-    for ax, task in zip(axes, ("R", "U", "S")):
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(3.4 * len(TASKS), 3.2), sharey=True)
+    for ax, task in zip(axes, TASKS):
         x = np.arange(len(methods))
         ax.bar(x - 0.2, [table[m][task][0] for m in methods], 0.4, yerr=[table[m][task][1] for m in methods],
                label="comm-jax")
-        ax.bar(x + 0.2, [PAPER[m][task] for m in methods], 0.4, label="paper", alpha=0.6)
+        if all(task in PAPER[m] for m in methods):
+            ax.bar(x + 0.2, [PAPER[m][task] for m in methods], 0.4, label="paper", alpha=0.6)
         ax.set_xticks(x, [NAMES[m].split(" ")[0] for m in methods])
         ax.set_title(task)
     axes[0].set_ylabel("linear probe accuracy (%)")
@@ -147,7 +167,7 @@ def main() -> None:
             biased = pretrain_and_probe(args, method, seed, biased=True)
             results[method].append({k: 100.0 * v for k, v in (
                 ("R", unbiased["probe/R"]), ("U", (unbiased["probe/U1"] + unbiased["probe/U2"]) / 2),
-                ("S", biased["probe/S"]))})
+                ("S", biased["probe/S"]), ("S_bal", biased["probe_bal/S"]))})
     table = summarise(results)
     checks = target_checks(table)
     os.makedirs(args.root, exist_ok=True)

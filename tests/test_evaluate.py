@@ -5,6 +5,7 @@ restarts idempotent, checkpoints never written). One short training run is share
 from __future__ import annotations
 
 import collections
+import copy
 import importlib.util
 import json
 import logging
@@ -124,6 +125,73 @@ def test_retrieval_matches_a_brute_force_reference():
             sims = [a[i] @ b[j] / np.linalg.norm(a[i]) / np.linalg.norm(b[j]) for j in range(50)]
             hits += i in sorted(range(50), key=lambda j: -sims[j])[:top_k]
         assert retrieval_accuracy(a, b, top_k, chunk=16) == pytest.approx(hits / 50)
+
+
+def test_class_balanced_probe_finds_a_rare_class_the_unweighted_probe_misses():
+    rng = np.random.default_rng(6)
+    n = 4000
+    y = (rng.random(n) < 0.08).astype(np.int64)                    # 8% positives, weakly separated
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    x[:, 0] += 1.2 * y
+    train, test = slice(0, 3000), slice(3000, None)
+    Cs = (0.01, 1.0)
+    plain = linear_probe(x[train], y[train], x[test], y[test], Cs=Cs)
+    balanced = linear_probe(x[train], y[train], x[test], y[test], Cs=Cs, class_weight="balanced")
+    assert plain.metrics[""] < 0.56 < 0.65 < balanced.metrics[""]
+    scaler = StandardScaler().fit(x[train])        # independent refit: the weights are sklearn's "balanced"
+    clf = LogisticRegression(C=balanced.C, max_iter=1000, class_weight="balanced").fit(
+        scaler.transform(x[train]), y[train])
+    np.testing.assert_array_equal(clf.predict(scaler.transform(x[test])), balanced.predictions)
+    with pytest.raises(ValueError, match="class_weight"):
+        linear_probe(x[train], y[train], x[test], y[test], class_weight="inverse")
+
+
+class _FakeContext:
+    """Features of two modalities: each alone, and a fused Z that differs from their concatenation."""
+
+    modalities = ("a", "b")
+
+    def __init__(self, labels):
+        rng = np.random.default_rng(7)
+        n = len(next(iter(labels["train"].values())))
+        self._z = {(split, subset): rng.normal(size=(n, 3)).astype(np.float32)
+                   for split in ("train", "test") for subset in (("a",), ("b",), ("a", "b"))}
+        self._labels = labels
+        self.read = []
+
+    def z(self, split, subset):
+        self.read.append((split, tuple(subset)))
+        return self._z[split, tuple(subset)]
+
+    def labels(self, split, key):
+        return self._labels[split][key]
+
+
+def test_probe_features_concat_reads_each_modality_alone_and_tasks_selects_metrics():
+    from comm_jax.evaluators import build_evaluators
+    rng = np.random.default_rng(8)
+    labels = {split: {"k": rng.integers(0, 3, 60), "s": rng.integers(0, 2, 60)} for split in ("train", "test")}
+    evals = resolve_config({"tasks": {"K": "k", "S": "s"}, "evaluators": {
+        "p": {"type": "linear_probe", "features": "concat", "tasks": ("S",), "Cs": (1.0,)},
+        "q": {"type": "linear_probe", "Cs": (1.0,)}}})
+    concat, joint = build_evaluators(evals)
+    assert concat.requests(("a", "b")) == [("train", ("a",)), ("train", ("b",)), ("test", ("a",)), ("test", ("b",))]
+    assert joint.requests(("a", "b")) == [("train", ("a", "b")), ("test", ("a", "b"))]
+    ctx = _FakeContext(labels)
+    np.testing.assert_array_equal(concat.features(ctx, "test"),
+                                  np.concatenate([ctx.z("test", ("a",)), ctx.z("test", ("b",))], axis=1))
+    ctx.read.clear()
+    metrics = concat.evaluate(ctx)
+    assert set(metrics) == {"p/S"} and ("train", ("a", "b")) not in ctx.read
+    x_train = np.concatenate([ctx.z("train", ("a",)), ctx.z("train", ("b",))], 1)
+    x_test = np.concatenate([ctx.z("test", ("a",)), ctx.z("test", ("b",))], 1)
+    expected = linear_probe(x_train, labels["train"]["s"], x_test, labels["test"]["s"], Cs=(1.0,))
+    assert metrics["p/S"] == pytest.approx(expected.metrics[""])
+    assert set(joint.evaluate(ctx)) == {"q/K", "q/S"}
+    for bad, match in (({"features": "sum"}, "evaluators.p.features"), ({"tasks": ("U",)}, "evaluators.p.tasks"),
+                       ({"class_weight": "auto"}, "evaluators.p.class_weight")):
+        with pytest.raises(ValueError, match=match):
+            build_evaluators(resolve_config({"tasks": {"S": "s"}, "evaluators": {"p": {"type": "linear_probe", **bad}}}))
 
 
 def test_evals_config_errors_name_the_key():
@@ -268,3 +336,21 @@ def test_failing_evaluator_is_reported_and_the_others_still_run(copy_of_run, mon
     assert any("'knn'" in r.message and "exploded" in r.message for r in caplog.records)
     with pytest.raises(ValueError, match="no checkpoint at step 5"):
         evaluate_mod.evaluate(cfg, workdir, step=5)
+
+
+def test_step_evaluated_again_appends_a_row_that_readers_take(copy_of_run, caplog):
+    workdir, cfg = copy_of_run
+    before = _snapshot(os.path.join(workdir, "checkpoints"))
+    evaluate_mod.evaluate(cfg, workdir, step=6)
+    evaluate_mod.evaluate(cfg, workdir, step=6)                      # already there: skipped
+    assert _eval_steps(workdir) == [6]
+    cfg = copy.deepcopy(cfg)
+    with cfg.unlocked():
+        cfg.evals.evaluators = {"probe": {"type": "linear_probe", "Cs": (1.0,)},
+                                "probe_bal": {"type": "linear_probe", "Cs": (1.0,), "class_weight": "balanced",
+                                              "tasks": ("S",)}}
+    rows = evaluate_mod.evaluate(cfg, workdir, step=6, again=True)
+    assert [r["step"] for r in rows] == [6, 6] and "probe_bal/S" in rows[-1] and "probe_bal/S" not in rows[0]
+    body = evaluate_mod.format_table(rows).splitlines()[2:]          # one line per step: the last row
+    assert len(body) == 1 and f"{rows[-1]['probe_bal/S']:.4f}" in body[0]
+    assert _snapshot(os.path.join(workdir, "checkpoints")) == before

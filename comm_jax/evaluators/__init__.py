@@ -39,6 +39,11 @@ DEFAULT_EVALS: dict[str, Any] = dict(
 )
 
 
+# What an evaluator reads for a set of modalities: their fused Z ("joint"), or each modality's own Z
+# concatenated ("concat": how the reference probes unimodal baselines such as CLIP and Cross+Self).
+FEATURE_KINDS = ("joint", "concat")
+
+
 class Evaluator:
     """Base class: `requests` names the features it needs, `evaluate` turns them into metrics.
 
@@ -56,6 +61,9 @@ class Evaluator:
         self.name = name
         self.args = {**self.DEFAULTS, **{k: v for k, v in args.items() if k != "type"}}
         self.evals = evals
+        if self.args.get("features", "joint") not in FEATURE_KINDS:
+            raise ValueError(f"config.evals.evaluators.{name}.features must be one of {FEATURE_KINDS}, "
+                             f"got {self.args['features']!r}")
 
     def subset(self, modalities: Sequence[str]) -> tuple[str, ...]:
         """The modalities this evaluator embeds: its `modalities` argument, or all of the model's."""
@@ -65,6 +73,19 @@ class Evaluator:
             raise ValueError(f"config.evals.evaluators.{self.name}.modalities: {unknown} are not modalities "
                              f"of the model {list(modalities)}")
         return chosen
+
+    def feature_subsets(self, modalities: Sequence[str]) -> list[tuple[str, ...]]:
+        """The subsets whose Z make this evaluator's features: its subset itself (`features="joint"`,
+        the fused Z) or each of its modalities alone (`features="concat"`)."""
+        subset = self.subset(modalities)
+        if self.args.get("features", "joint") == "concat":
+            return [(m,) for m in subset]
+        return [subset]
+
+    def features(self, ctx, split: str) -> np.ndarray:
+        """`[examples, dim]` features of `split`: the subsets of `feature_subsets`, concatenated."""
+        parts = [ctx.z(split, s) for s in self.feature_subsets(ctx.modalities)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def requests(self, modalities: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
         """(split, subset of modalities) pairs whose Z this evaluator reads."""

@@ -55,9 +55,10 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
 
 
 class KNN(Evaluator):
-    """`<name>/<task>` for each of `config.evals.tasks`, bank = train split, queries = test split."""
+    """`<name>/<task>` for each of `config.evals.tasks`, bank = train split, queries = test split.
+    `features`: "joint" (the fused Z of `modalities`) or "concat" (each modality's own Z, concatenated)."""
 
-    DEFAULTS = dict(k=20, modalities=())
+    DEFAULTS = dict(k=20, modalities=(), features="joint")
 
     def __init__(self, name, args, evals):
         super().__init__(name, args, evals)
@@ -65,13 +66,12 @@ class KNN(Evaluator):
             raise ValueError(f"config.evals.evaluators.{name}.k must be >= 1, got {self.args['k']}")
 
     def requests(self, modalities):
-        subset = self.subset(modalities)
-        return [(self.evals.train_split, subset), (self.evals.test_split, subset)]
+        return [(split, s) for split in (self.evals.train_split, self.evals.test_split)
+                for s in self.feature_subsets(modalities)]
 
     def evaluate(self, ctx) -> dict[str, float]:
-        subset = self.subset(ctx.modalities)
         train, test = self.evals.train_split, self.evals.test_split
-        bank, queries = ctx.z(train, subset), ctx.z(test, subset)
+        bank, queries = self.features(ctx, train), self.features(ctx, test)
         indices = nearest_neighbours(bank, queries, int(self.args["k"]))     # shared by every task
         metrics = {}
         for task, key in dict(self.evals.tasks).items():

@@ -38,7 +38,8 @@ def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A fixed-width table, one line per step (sorted), one column per metric ('-' where missing)."""
+    """A fixed-width table, one line per step (sorted; a step evaluated again shows its last row), one
+    column per metric ('-' where missing)."""
     if not rows:
         return "(no evaluations)"
     columns = metric_columns(rows)
@@ -68,7 +69,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> bool:
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
-    ordered = sorted(rows, key=lambda r: r["step"])
+    ordered = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])   # a step's last row
     for ax, panel in zip(axes.flat, panels):
         for column in (c for c in columns if c.split("/")[0] == panel):
             points = [(r["step"], r[column]) for r in ordered if isinstance(r.get(column), (int, float))]
