@@ -38,7 +38,7 @@ def check(cfg, device_memory_gb: float | None = None) -> dict:
 
     from comm_jax.mesh import make_mesh
     from comm_jax.train_state import abstract_train_state
-    from comm_jax.train_step import batch_shardings, make_train_step
+    from comm_jax.train_step import batch_shardings, batch_structure, make_train_step
     from configs import common
 
     common.validate(cfg)
@@ -46,9 +46,7 @@ def check(cfg, device_memory_gb: float | None = None) -> dict:
     if cfg.batch_size % mesh.size:
         raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {mesh.size} devices")
     graphdef, state, shardings, tx, schedule = abstract_train_state(cfg, mesh)
-    view = {m: jax.ShapeDtypeStruct((cfg.batch_size, *cfg.model.encoders[m].input_shape), jax.numpy.float32)
-            for m in cfg.model.modalities}
-    batch = {"view1": view, "view2": dict(view)}
+    batch = batch_structure(cfg, cfg.batch_size)
     batch = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), batch,
                          batch_shardings(mesh, batch))
     step = make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, batch)

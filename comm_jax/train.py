@@ -111,8 +111,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step % cfg.ckpt_every == 0 or step == cfg.num_steps:
                 with clock.pause():
                     read(step, metrics)             # never checkpoint a step whose loss is not finite
-                    # The whole random state: the step draws no random numbers, and every augmentation
-                    # is a pure function of (seed, epoch, example index), i.e. of (seed, position).
+                    # The whole random state: every augmentation is a pure function of (seed, epoch,
+                    # example index) in tf.data, or of (seed, step, row) on the devices.
                     store.save(step, state, {"position": step, "seed": cfg.seed}, config_json,
                                force=step == cfg.num_steps)
             if step < cfg.num_steps:

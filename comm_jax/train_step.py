@@ -69,13 +69,63 @@ def make_loss_fn(graphdef, loss_cfg, mesh: Mesh) -> Callable:
     return loss_fn
 
 
+def device_views(cfg) -> Callable | None:
+    """With `cfg.data.augment_on_device`: raw batch -> batch of two views, drawn on the devices
+    with the ops of `cfg.data.augment` (see `comm_jax.device_augment`); otherwise None."""
+    data = cfg.data
+    if not data.get("augment_on_device", False):
+        return None
+    from comm_jax import device_augment
+
+    specs = dict(data.get("augment", None) or {})
+    ops = {}
+    for modality in data.modalities:
+        spec = specs.get(modality, "")
+        pair = (spec, spec) if isinstance(spec, str) else tuple(spec)
+        for view, view_spec in enumerate(pair, 1):
+            try:
+                ops[modality, view] = device_augment.parse(view_spec)
+            except ValueError as error:
+                raise ValueError(f"data.augment.{modality} (data.augment_on_device=True): {error}") from None
+
+    def views(batch):
+        out = {"view1": {}, "view2": {}}
+        for (modality, view), op in ops.items():
+            keys = device_augment.view_keys(batch["key"], view, modality)
+            out[f"view{view}"][modality] = op(batch["raw"][modality], keys)
+        return out
+
+    return views
+
+
+def batch_structure(cfg, batch_size: int) -> dict:
+    """Shapes and dtypes (`jax.ShapeDtypeStruct`, unsharded) of the batch the step takes: two float32
+    views, or with `data.augment_on_device` the uint8 images once (at the model's input shape) and a
+    uint32 [B, 2] key per example."""
+    shapes = {m: (batch_size, *cfg.model.encoders[m].input_shape) for m in cfg.model.modalities}
+    if cfg.data.get("augment_on_device", False):
+        return {"raw": {m: jax.ShapeDtypeStruct(s, jnp.uint8) for m, s in shapes.items()},
+                "key": jax.ShapeDtypeStruct((batch_size, 2), jnp.uint32)}
+    view = {m: jax.ShapeDtypeStruct(s, jnp.float32) for m, s in shapes.items()}
+    return {"view1": view, "view2": dict(view)}
+
+
 def make_train_step(graphdef, cfg, mesh: Mesh, tx: optax.GradientTransformation, schedule,
                     state_shardings, example_batch) -> Callable:
     """One jitted, donated step: (state, batch) -> (state, metrics). Shardings are explicit: the
-    state as `state_shardings`, the batch split over the mesh, metrics replicated."""
+    state as `state_shardings`, the batch split over the mesh, metrics replicated. With
+    `cfg.data.augment_on_device` the batch is `{"raw": ..., "key": ...}` and both views are drawn
+    inside the step from each example's key."""
     loss_fn = make_loss_fn(graphdef, cfg.loss, mesh)
+    augment = device_views(cfg)
+    views_sharding = None
+    if augment is not None:
+        views_sharding = {v: {m: batch_sharding(mesh, x.ndim) for m, x in example_batch["raw"].items()}
+                          for v in ("view1", "view2")}
 
     def step(state: TrainState, batch):
+        if augment is not None:
+            batch = jax.lax.with_sharding_constraint(augment(batch), views_sharding)
         (loss, (metrics, batch_stats)), (grads, _) = jax.value_and_grad(loss_fn, has_aux=True)(
             (state.params, state.batch_stats), batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

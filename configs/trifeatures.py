@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_split="train",
         modalities={m: m for m in c.model.modalities},
         augment={m: augment_ops for m in c.model.modalities},
+        augment_on_device=True,       # both views drawn in the train step (comm_jax/device_augment.py)
         eval_ops={m: "normalize" for m in c.model.modalities},
         labels=("shape", "texture_1", "texture_2", "synergy"),
     ))

@@ -12,13 +12,12 @@ along the first axis (rows / time steps).
 
 from __future__ import annotations
 
-import ast
 import functools
-import inspect
-import re
 from typing import Callable, Sequence
 
 import tensorflow as tf
+
+from comm_jax.op_spec import parse_op
 
 AugmentOp = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 OpFactory = Callable[..., AugmentOp]
@@ -27,7 +26,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _REGISTRY: dict[str, OpFactory] = {}
-_OP_PATTERN = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 # Salt folded into an op's seed to draw its apply-or-skip coin independently of its parameters.
 _GATE_SALT = 0x6A7E
 
@@ -51,18 +49,7 @@ def registered_ops() -> list[str]:
 
 def parse_one(spec: str) -> AugmentOp:
     """Builds one op from ``name`` or ``name(arg, ..., key=value)``; args are Python literals."""
-    match = _OP_PATTERN.match(spec)
-    if not match:
-        raise ValueError(f"cannot parse augmentation op {spec!r}; expected name or name(args)")
-    name, arg_string = match.group(1), match.group(2)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown augmentation op {name!r}; known ops: {', '.join(registered_ops())}")
-    args, kwargs = _literal_arguments(name, arg_string or "")
-    factory = _REGISTRY[name]
-    try:
-        inspect.signature(factory).bind(*args, **kwargs)
-    except TypeError as error:
-        raise ValueError(f"bad arguments for augmentation op {name!r}: {error}") from None
+    factory, args, kwargs = parse_op(spec, _REGISTRY)
     return factory(*args, **kwargs)
 
 
@@ -79,20 +66,6 @@ def parse(spec: str) -> AugmentOp:
         return x
 
     return composed
-
-
-def _literal_arguments(name: str, arg_string: str) -> tuple[list, dict]:
-    try:
-        call = ast.parse(f"_({arg_string})", mode="eval").body
-        args = [ast.literal_eval(node) for node in call.args]
-        kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
-    except (SyntaxError, ValueError) as error:
-        raise ValueError(
-            f"arguments of augmentation op {name!r} must be Python literals, got ({arg_string}): {error}"
-        ) from None
-    if any(key is None for key in kwargs):
-        raise ValueError(f"augmentation op {name!r}: **kwargs are not allowed")
-    return args, kwargs
 
 
 def _sub_seeds(seed: tf.Tensor, count: int) -> list[tf.Tensor]:

@@ -234,7 +234,10 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int, process_index: 
 
     Reads ``data_cfg.name``, ``data_dir`` (None), ``train_split`` ("train"), ``modalities``
     {modality: feature key}, ``augment`` {modality: spec or (spec_view1, spec_view2)} (missing:
-    no augmentation), ``shuffle`` (True), ``prepare`` (False: fail when the data is not built).
+    no augmentation), ``shuffle`` (True), ``prepare`` (False: fail when the data is not built),
+    ``augment_on_device`` (False; True: batches are ``{"raw": {modality: uint8 [B, H, W, C]},
+    "key": uint32 [B, 2]}``, a PRNG key per example drawn from (seed, epoch, index), and the train
+    step augments them, see `comm_jax.device_augment`).
     `batch_size` is the per-host batch; `position` the number of batches already consumed.
     """
     modalities = _modalities(data_cfg)
@@ -244,11 +247,23 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int, process_index: 
                          process_index=process_index, process_count=process_count,
                          shuffle=bool(data_cfg.get("shuffle", True)))
     reader = _ExampleReader(loaded)
-    view_ops = {(modality, view): augment.parse(view_specs[modality][view - 1])
-                for modality in modalities for view in (1, 2)}
+    on_device = bool(data_cfg.get("augment_on_device", False))
+    if on_device:
+        not_images = sorted(m for m, key in modalities.items() if key not in loaded.image_shapes)
+        if not_images:
+            raise ValueError(f"data.augment_on_device supports image modalities only; {not_images} are not "
+                             f"images (augment them in tf.data: augment_on_device=False)")
+        view_ops = {}
+    else:
+        view_ops = {(modality, view): augment.parse(view_specs[modality][view - 1])
+                    for modality in modalities for view in (1, 2)}
 
     @tf.autograph.experimental.do_not_convert
     def two_views(epoch: tf.Tensor, index: tf.Tensor) -> Batch:
+        if on_device:        # decoded uint8 images, once, and the example's key: the step draws both views
+            key = example_seed(stream.seed, epoch, index, 0, "device")
+            return {"raw": {modality: reader.read(feature, index) for modality, feature in modalities.items()},
+                    "key": tf.bitcast(tf.cast(key, tf.int32), tf.uint32)}
         example = {"view1": {}, "view2": {}}
         for modality, key in modalities.items():
             raw = reader.read(key, index)

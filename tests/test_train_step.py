@@ -14,6 +14,7 @@ from configs import trifeatures
 
 def tiny_config(loss="comm"):
     cfg = trifeatures.get_config(f"cpu,loss={loss}")
+    cfg.data.augment_on_device = False      # the step takes the two views as given
     cfg.batch_size = 16
     cfg.model.width, cfg.model.heads, cfg.model.head_hidden, cfg.model.head_out = 32, 4, 32, 16
     for name in cfg.model.modalities:
@@ -112,3 +113,22 @@ def test_weight_decay_skips_biases_norms_and_cls():
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mask)}
     assert any(v for k, v in flat.items() if "kernel" in k)
     assert not any(v for k, v in flat.items() if "bias" in k or "scale" in k or "cls" in k)
+
+
+def test_step_drawing_views_on_the_devices_matches_across_meshes_and_compiles_once():
+    cfg = tiny_config("comm")
+    cfg.data.augment_on_device = True
+    for m in cfg.model.modalities:
+        cfg.data.augment[m] = "random_resized_crop(16, scale=(0.2, 1.0))|color_jitter(p=0.8)|grayscale(p=0.2)|flip_lr|normalize"
+    rng = np.random.default_rng(0)
+    batches = [{"raw": {m: rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8) for m in cfg.model.modalities},
+                "key": rng.integers(0, 2 ** 32, (16, 2), dtype=np.uint32)} for _ in range(3)]
+    _, losses1, _ = run_steps(cfg, 1, batches)
+    state8, losses8, step8 = run_steps(cfg, 8, batches)
+    # The views agree to float rounding (test_device_augment); Adam amplifies it after the first step.
+    np.testing.assert_allclose(losses8[0], losses1[0], rtol=1e-5)
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-3)
+    assert step8._cache_size() == 1
+    reshuffled = dict(batches[0], key=batches[0]["key"][::-1].copy())     # other keys, other views
+    _, other, _ = run_steps(cfg, 1, [reshuffled])
+    assert abs(other[0] - losses1[0]) > 1e-3

@@ -77,7 +77,7 @@ def input_bound(cfg, *, data_dir: str | None, steps: int, warmup: int) -> dict[s
         state, metrics = compiled(state, b)
         return state, metrics
 
-    synthetic = synthetic_batch(cfg.model, cfg.batch_size, mesh)
+    synthetic = synthetic_batch(cfg, cfg.batch_size, mesh)
     time.sleep(1.0)                                   # let the iterator's prefetch buffer fill
     step_alone = median_time(lambda: run(synthetic), steps, warmup)["median_s"]
 

@@ -12,25 +12,30 @@ import gc
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from comm_jax import flops, peaks as peak_table
 from comm_jax.bench.timing import check_fits, executable_report, is_out_of_memory, median_time, timed_compile
 from comm_jax.mesh import batch_sharding
 from comm_jax.train_state import create_train_state
-from comm_jax.train_step import make_train_step
+from comm_jax.train_step import batch_structure, make_train_step
 from configs import common
 
 
-def synthetic_batch(model_cfg, batch_size: int, mesh, seed: int = 0) -> dict[str, Any]:
-    """`{"view1": {modality: [B, *input_shape]}, "view2": ...}` of standard normals, generated on
-    the devices already sharded over the mesh (no host transfer)."""
-    shapes = {m: (batch_size, *model_cfg.encoders[m].input_shape) for m in model_cfg.modalities}
-    shardings = {v: {m: batch_sharding(mesh, len(s)) for m, s in shapes.items()} for v in ("view1", "view2")}
+def synthetic_batch(cfg, batch_size: int, mesh, seed: int = 0) -> dict[str, Any]:
+    """A batch of the step's structure (`batch_structure`: two float views of standard normals, or
+    random uint8 images and keys for on-device augmentation), generated on the devices already sharded over the mesh
+    (no host transfer)."""
+    structure = batch_structure(cfg, batch_size)
+    leaves, treedef = jax.tree.flatten(structure)
+    shardings = treedef.unflatten([batch_sharding(mesh, len(x.shape)) for x in leaves])
 
     def make(key):
-        keys = iter(jax.random.split(key, 2 * len(shapes)))
-        return {v: {m: jax.random.normal(next(keys), s) for m, s in shapes.items()} for v in ("view1", "view2")}
+        keys = jax.random.split(key, len(leaves))
+        made = [jax.random.bits(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.unsignedinteger)
+                else jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+        return treedef.unflatten(made)
 
     return jax.jit(make, out_shardings=shardings)(jax.random.key(seed))
 
@@ -41,7 +46,7 @@ def bench_config(cfg: ml_collections.ConfigDict, mesh, *, steps: int, warmup: in
     common.validate(cfg)
     batch_size, n_dev = cfg.batch_size, mesh.size
     graphdef, state, shardings, tx, schedule = create_train_state(cfg, mesh)
-    batch = synthetic_batch(cfg.model, batch_size, mesh)
+    batch = synthetic_batch(cfg, batch_size, mesh)
     step = make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, batch)
     compiled, compile_s = timed_compile(step, state, batch)
     analytic = flops.train_step(cfg, batch_size)
