@@ -37,16 +37,10 @@ from comm_jax.evaluators.features import EvalContext
 from comm_jax.evaluators.frozen_model import FrozenModel, restore_frozen_model
 from comm_jax.evaluators.report import format_table, plot, read_rows
 from comm_jax.mesh import make_mesh
-from comm_jax.metrics_log import MetricsWriter, console
+from comm_jax.metrics_log import MetricsWriter, say
 
 log = logging.getLogger("comm_jax.evaluate")
 EVAL_LOG = "eval"
-
-
-def say(message: str) -> None:
-    """Console output of process 0 only."""
-    if distributed.is_primary():
-        console(message)
 
 
 def evaluation_data(cfg: ml_collections.ConfigDict, evals: ml_collections.ConfigDict) -> dict[str, Iterable]:

@@ -114,3 +114,11 @@ def progress_line(step: int, total: int, row: Mapping[str, Any]) -> str:
 
 def console(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
+
+
+def say(message: str) -> None:
+    """Console output of process 0 only (every process may call it)."""
+    import jax
+
+    if jax.process_index() == 0:
+        console(message)

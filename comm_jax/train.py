@@ -17,7 +17,7 @@ import ml_collections
 from comm_jax import distributed
 from comm_jax.checkpoints import CheckpointStore, clear_complete, first_difference, mark_complete
 from comm_jax.mesh import make_mesh
-from comm_jax.metrics_log import MetricsWriter, Throughput, console, progress_line
+from comm_jax.metrics_log import MetricsWriter, Throughput, progress_line, say
 from comm_jax.train_state import abstract_state, create_train_state
 from comm_jax.train_step import make_train_step, put_batch
 from configs import common
@@ -55,7 +55,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     common.validate(cfg)
     primary = jax.process_index() == 0
-    say = console if primary else (lambda message: None)
     mesh = make_mesh(cfg.mesh)
     if cfg.batch_size % mesh.size:
         raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {mesh.size} devices")

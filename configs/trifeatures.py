@@ -2,7 +2,8 @@
 
 get_config(arg) tokens (comma-separated):
   cpu          the variant sized for a 2-core CPU: 32 px, a small CNN, width 64, lr 1e-3, crops of at
-               least 20% of the area (about 3 min of training on 2 quiet cores)
+               least 20% of the area (about 3 min of training on 2 quiet cores); with res=64 the CNN
+               has a fourth stage (32-64-128-128), so the fusion still sees 4 x 4 tokens per image
   loss=NAME    comm (default), cross, cross_self, cmc, simclr
   bias=true    pretrain on pairs biased by the texture->colour mapping (for the synergy task S)
   res=N        image size: 32, 64 or 224 (default 224, or 32 with `cpu`)
@@ -38,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_steps = epochs * TRAIN_PAIRS // c.batch_size
 
     if cpu:
-        image_encoder = dict(encoder="small_cnn", encoder_args=dict(channels=(32, 64, 96)))
+        # One more stage at 64 px keeps the 4 x 4 token grid (measured: docs/results/trifeatures_cpu/).
+        channels = {32: (32, 64, 96), 64: (32, 64, 128, 128)}.get(res, (32, 64, 128, 128, 128))
+        image_encoder = dict(encoder="small_cnn", encoder_args=dict(channels=channels))
         c.model = ml_collections.ConfigDict(dict(width=64, depth=1, heads=4, mlp_ratio=4,
                                                  head_hidden=256, head_out=128))
         c.num_steps = 1500
