@@ -88,8 +88,10 @@ class Evaluator:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def requests(self, modalities: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
-        """(split, subset of modalities) pairs whose Z this evaluator reads."""
-        raise NotImplementedError
+        """(split, subset of modalities) pairs whose Z this evaluator reads; by default the
+        `feature_subsets` of the train and test splits (a fit-then-score evaluator)."""
+        return [(split, s) for split in (self.evals.train_split, self.evals.test_split)
+                for s in self.feature_subsets(modalities)]
 
     def evaluate(self, ctx) -> dict[str, float]:
         """Metrics `{f"{self.name}/...": value}` for one checkpoint; `ctx` is a features.EvalContext."""

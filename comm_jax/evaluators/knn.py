@@ -65,10 +65,6 @@ class KNN(Evaluator):
         if int(self.args["k"]) < 1:
             raise ValueError(f"config.evals.evaluators.{name}.k must be >= 1, got {self.args['k']}")
 
-    def requests(self, modalities):
-        return [(split, s) for split in (self.evals.train_split, self.evals.test_split)
-                for s in self.feature_subsets(modalities)]
-
     def evaluate(self, ctx) -> dict[str, float]:
         train, test = self.evals.train_split, self.evals.test_split
         bank, queries = self.features(ctx, train), self.features(ctx, test)

@@ -133,10 +133,6 @@ class LinearProbe(Evaluator):
             raise ValueError(f"config.evals.evaluators.{name}.tasks names {unknown}, which are not in "
                              f"config.evals.tasks {sorted(dict(evals.tasks))}")
 
-    def requests(self, modalities):
-        return [(split, s) for split in (self.evals.train_split, self.evals.test_split)
-                for s in self.feature_subsets(modalities)]
-
     def evaluate(self, ctx) -> dict[str, float]:
         train, test = self.evals.train_split, self.evals.test_split
         train_x, test_x = self.features(ctx, train), self.features(ctx, test)
