@@ -11,6 +11,7 @@ accuracy), and S_bal from a class-balanced probe of the same features: synergy i
 unweighted probe can score exactly 50 on features that carry it (see configs/trifeatures.py).
 
     python launch/trifeatures_table.py --variant=cpu --root=workdirs/table [--seeds=3] [--methods=comm,cross,cross_self]
+    python launch/trifeatures_table.py --variant=cpu --res=64 --override num_steps=6000 --root=workdirs/table64
     python launch/trifeatures_table.py --variant=full --root=/shared/table          # GPU
 """
 
@@ -64,10 +65,15 @@ def final_metrics(workdir: str) -> dict[str, float] | None:
     return next((r for r in reversed(rows) if r["step"] == final), None)
 
 
+def config_arg(variant: str, res: int | None, method: str, biased: bool) -> str:
+    """The `--config` argument of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,loss=comm,bias=true."""
+    tokens = ["cpu" if variant == "cpu" else "", f"res={res}" if res else "", f"loss={method}",
+              "bias=true" if biased else ""]
+    return "configs/trifeatures.py:" + ",".join(filter(None, tokens))
+
+
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
-    tokens = ",".join(filter(None, ["cpu" if args.variant == "cpu" else "", f"loss={method}",
-                                    "bias=true" if biased else ""]))
-    config = f"configs/trifeatures.py:{tokens}"
+    config = config_arg(args.variant, args.res, method, biased)
     workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
     if args.data_dir:
@@ -110,8 +116,9 @@ def target_checks(table) -> dict[str, dict[str, bool]]:
     return checks
 
 
-def markdown(table, n_seeds: int, variant: str, checks) -> str:
-    lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant, mean ± std over {n_seeds} seed(s); "
+def markdown(table, n_seeds: int, variant: str, checks, res: int | None = None) -> str:
+    size = f" at {res} px" if res else ""
+    lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant{size}, mean ± std over {n_seeds} seed(s); "
              "paper in brackets. S_bal: the same features, class-balanced probe (the paper has no such column).",
              "", "| method | R | U | S | S_bal |", "| --- | --- | --- | --- | --- |"]
     for method, row in table.items():
@@ -150,6 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=("cpu", "full"), default="cpu")
     parser.add_argument("--root", default="workdirs/trifeatures_table")
+    parser.add_argument("--res", type=int, choices=(32, 64, 224), default=None,
+                        help="image size (default: the variant's, 32 px for cpu and 224 px for full)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default="comm,cross,cross_self")
     parser.add_argument("--data_dir", default=None)
@@ -174,12 +183,12 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
-        json.dump({"variant": args.variant, "seeds": args.seeds, "per_seed": results,
+        json.dump({"variant": args.variant, "res": args.res, "seeds": args.seeds, "per_seed": results,
                    "table": {m: {t: {"mean": v[0], "std": v[1]} for t, v in row.items()} for m, row in table.items()},
                    "paper": PAPER, "targets": checks, "command": " ".join(sys.argv), "commit": commit,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
-    text = markdown(table, args.seeds, args.variant, checks)
+    text = markdown(table, args.seeds, args.variant, checks, args.res)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     bar_chart(table, os.path.join(args.root, "table.png"))

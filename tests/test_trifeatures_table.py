@@ -1,0 +1,121 @@
+"""The Trifeatures table driver (launch/trifeatures_table.py): the commands it runs per method, seed and
+pretraining, the runs it skips or re-evaluates, and the table it writes, checked with a fake trainer
+and evaluator that write the files the real ones write."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from comm_jax.checkpoints import COMPLETION_MARKER
+from configs import trifeatures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def driver():
+    spec = importlib.util.spec_from_file_location("trifeatures_table", os.path.join(ROOT, "launch", "trifeatures_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("variant,res,biased,size,dataset", [
+    ("cpu", None, False, 32, "bimodal_trifeatures/32px"),
+    ("cpu", 64, True, 64, "bimodal_trifeatures/64px_biased"),
+    ("full", None, True, 224, "bimodal_trifeatures/224px_biased"),
+])
+def test_config_argument_selects_size_and_bias(driver, variant, res, biased, size, dataset):
+    arg = driver.config_arg(variant, res, "cross", biased)
+    path, tokens = arg.split(":", 1)
+    assert path == "configs/trifeatures.py"
+    c = trifeatures.get_config(tokens)
+    assert c.loss.name == "cross"
+    assert c.data.name == dataset
+    assert c.evals.probe_data == f"bimodal_trifeatures/{size}px"      # always probed on unbiased pairs
+    assert {tuple(e["input_shape"]) for e in c.model.encoders.values()} == {(size, size, 3)}
+
+
+def metrics_for(method, seed, biased):
+    """Made-up probe accuracies, distinct per run so the table's averaging is checked."""
+    base = {"comm": 0.9, "cross": 0.8}[method] - 0.01 * seed
+    return {"probe/R": base, "probe/U1": base - 0.2, "probe/U2": base - 0.3,
+            "probe/S": 0.5 + 0.1 * biased + 0.01 * seed, "probe_bal/S": 0.6 + 0.02 * seed}
+
+
+def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+        workdir = flags["--workdir"]
+        method = flags["--config"].split("loss=")[1].split(",")[0]
+        seed, biased = int(flags["--config.seed"]), "bias=true" in flags["--config"]
+        if cmd[2] == "comm_jax.train":
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, COMPLETION_MARKER), "w") as f:
+                json.dump({"step": 30}, f)
+        else:
+            row = {"step": int(flags["--step"]), **metrics_for(method, seed, biased)}
+            os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
+            with open(os.path.join(workdir, "metrics", "eval.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    monkeypatch.setattr(driver, "run", fake_run)
+    monkeypatch.setattr(driver, "bar_chart", lambda table, path: open(path, "w").close())
+    # One run finished and evaluated before `probe_bal` existed: it must be evaluated again, not retrained.
+    old = tmp_path / "comm-seed1-biased"
+    (old / "metrics").mkdir(parents=True)
+    (old / COMPLETION_MARKER).write_text(json.dumps({"step": 30}))
+    stale = {k: v for k, v in metrics_for("comm", 1, True).items() if k != "probe_bal/S"}
+    (old / "metrics" / "eval.jsonl").write_text(json.dumps({"step": 30, **stale}) + "\n")
+
+    argv = ["trifeatures_table.py", "--variant=cpu", "--res=64", f"--root={tmp_path}", "--seeds=2",
+            "--methods=comm,cross", "--override", "num_steps=30"]
+    monkeypatch.setattr(sys, "argv", argv)
+    driver.main()
+
+    trains = [c for c in calls if c[2] == "comm_jax.train"]
+    evals = [c for c in calls if c[2] == "comm_jax.evaluate"]
+    assert len(trains) == 7 and len(evals) == 8          # 2 methods x 2 seeds x 2 pretrainings, one trained before
+    assert all("--config.num_steps=30" in c and any(a.startswith("--config=configs/trifeatures.py:cpu,res=64,")
+                                                    for a in c) for c in calls)
+    assert [c for c in evals if "--again" in c] == [c for c in evals if f"--workdir={old}" in c]
+
+    out = json.loads((tmp_path / "table.json").read_text())
+    assert out["res"] == 64 and out["seeds"] == 2
+    for method in ("comm", "cross"):
+        per_seed = []
+        for seed in range(2):
+            unbiased, biased = metrics_for(method, seed, False), metrics_for(method, seed, True)
+            per_seed.append([100 * unbiased["probe/R"], 50 * (unbiased["probe/U1"] + unbiased["probe/U2"]),
+                             100 * biased["probe/S"], 100 * biased["probe_bal/S"]])
+        per_seed = np.array(per_seed)
+        for i, task in enumerate(driver.TASKS):
+            assert out["table"][method][task]["mean"] == pytest.approx(per_seed[:, i].mean())
+            assert out["table"][method][task]["std"] == pytest.approx(per_seed[:, i].std(ddof=1))
+    # CoMM: R 89.5 misses 95; U 64.5 misses 70; S 60.5 misses 65. Cross: U 54.5 misses 30; S 60.5 misses 55.
+    assert out["targets"]["comm"] == {"R >= 95": False, "U >= 70": False, "S >= 65": False}
+    assert out["targets"]["cross"] == {"R >= 95": False, "U <= 30": False, "S <= 55": False}
+    text = (tmp_path / "table.md").read_text()
+    assert "at 64 px" in text and "CoMM U >= 70 MISSED" in text
+
+    # A second call finds every run done and evaluated: nothing runs, the same table comes out.
+    calls.clear()
+    driver.main()
+    assert calls == []
+    assert json.loads((tmp_path / "table.json").read_text())["table"] == out["table"]
+
+
+def test_target_checks_at_the_boundaries(driver):
+    table = {"comm": {"R": (95.0, 0.0), "U": (69.99, 0.0), "S": (65.0, 1.0)},
+             "cross": {"R": (99.0, 0.0), "U": (30.0, 0.0), "S": (55.01, 0.0)}}
+    assert driver.target_checks(table) == {
+        "comm": {"R >= 95": True, "U >= 70": False, "S >= 65": True},
+        "cross": {"R >= 95": True, "U <= 30": True, "S <= 55": False},
+    }
