@@ -11,7 +11,7 @@ accuracy), and S_bal from a class-balanced probe of the same features: synergy i
 unweighted probe can score exactly 50 on features that carry it (see configs/trifeatures.py).
 
     python launch/trifeatures_table.py --variant=cpu --root=workdirs/table [--seeds=3] [--methods=comm,cross,cross_self]
-    python launch/trifeatures_table.py --variant=cpu --res=64 --override num_steps=6000 --root=workdirs/table64
+    python launch/trifeatures_table.py --variant=cpu --res=64 --seeds=1 --override num_steps=4000 --root=workdirs/table64
     python launch/trifeatures_table.py --variant=full --root=/shared/table          # GPU
 """
 
