@@ -40,6 +40,26 @@ def test_config_argument_selects_size_and_bias(driver, variant, res, biased, siz
     assert {tuple(e["input_shape"]) for e in c.model.encoders.values()} == {(size, size, 3)}
 
 
+@pytest.mark.parametrize("method,scale", [("comm", "(0.5, 1.0)"), ("cross_self", "(0.5, 1.0)"), ("cross", "(0.5, 1.0)")])
+def test_crop_reaches_the_simclr_views_only(driver, method, scale):
+    tokens = driver.config_arg("cpu", 64, method, False, crop=0.5).split(":", 1)[1]
+    views = trifeatures.get_config(tokens).data.augment
+    default = trifeatures.get_config(driver.config_arg("cpu", 64, method, False).split(":", 1)[1]).data.augment
+    for name in ("image_1", "image_2"):
+        assert views[name].startswith(f"random_resized_crop(64, scale={scale})")
+        if method == "cross":     # the weak views crop 0.5-1 whatever the token says
+            assert views[name] == default[name]
+        else:                     # only the crop differs from the config's default (20% at cpu)
+            assert default[name].startswith("random_resized_crop(64, scale=(0.2, 1.0))")
+            assert views[name].split("|")[1:] == default[name].split("|")[1:]
+
+
+@pytest.mark.parametrize("bad", ["crop=0", "crop=1.5", "crop=half"])
+def test_bad_crop_is_named(bad):
+    with pytest.raises(ValueError, match="crop="):
+        trifeatures.get_config("cpu," + bad)
+
+
 def metrics_for(method, seed, biased):
     """Made-up probe accuracies, distinct per run so the table's averaging is checked."""
     base = {"comm": 0.9, "cross": 0.8}[method] - 0.01 * seed
@@ -103,7 +123,7 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     assert out["targets"]["comm"] == {"R >= 95": False, "U >= 70": False, "S >= 65": False}
     assert out["targets"]["cross"] == {"R >= 95": False, "U <= 30": False, "S <= 55": False}
     text = (tmp_path / "table.md").read_text()
-    assert "at 64 px" in text and "CoMM U >= 70 MISSED" in text
+    assert "at 64 px" in text and "CoMM U >= 70 MISSED" in text and "crops" not in text
 
     # A second call finds every run done and evaluated: nothing runs, the same table comes out.
     calls.clear()
