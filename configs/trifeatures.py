@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # As the reference: CLIP trains on weakly augmented views (crop scale 0.5-1, no colour), the
     # other methods on SimCLR views. The CPU variant's 32 px images keep too little of the shape in
     # crops of 8% of the area, so it crops at least 20%; at 64 px crops of at least 50% lift CoMM's R
-    # by ~7 points at equal steps (measured: docs/results/trifeatures_cpu/).
+    # by 4-7 points at equal steps (measured: docs/results/trifeatures_cpu/).
     if c.loss.name == "cross":
         augment_ops = common.weak_image_ops(res)
     else:
