@@ -68,7 +68,7 @@ def final_metrics(workdir: str) -> dict[str, float] | None:
 
 def config_arg(variant: str, res: int | None, method: str, biased: bool, crop: float | None = None) -> str:
     """The `--config` argument of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,loss=comm,bias=true."""
-    tokens = ["cpu" if variant == "cpu" else "", f"res={res}" if res else "", f"crop={crop:g}" if crop else "",
+    tokens = ["cpu" if variant == "cpu" else "", f"res={res}" if res else "", f"crop={crop:g}" if crop is not None else "",
               f"loss={method}", "bias=true" if biased else ""]
     return "configs/trifeatures.py:" + ",".join(filter(None, tokens))
 
@@ -118,7 +118,7 @@ def target_checks(table) -> dict[str, dict[str, bool]]:
 
 
 def markdown(table, n_seeds: int, variant: str, checks, res: int | None = None, crop: float | None = None) -> str:
-    size = (f" at {res} px" if res else "") + (f", SimCLR crops from {crop:.0%} of the area" if crop else "")
+    size = (f" at {res} px" if res else "") + (f", SimCLR crops from {crop:.0%} of the area" if crop is not None else "")
     lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant{size}, mean ± std over {n_seeds} seed(s); "
              "paper in brackets. S_bal: the same features, class-balanced probe (the paper has no such column).",
              "", "| method | R | U | S | S_bal |", "| --- | --- | --- | --- | --- |"]
