@@ -5,6 +5,10 @@ biased by the texture->colour mapping M (S from its probe, balanced accuracy on 
 evaluate each final checkpoint; write the table beside the paper's numbers (Markdown, JSON) and a
 bar chart (PNG). Runs are resumed/skipped when their work directory already has results; a final
 checkpoint whose evaluation lacks a metric of the table (an evaluator added since) is evaluated again.
+A finished run is used only if its final checkpoint's config is the one this call would train (same
+data, crops, model, loss, optimizer, steps and seed); a root filled by another `--crop`, `--res` or
+`--override` stops the driver with the first difference, since work directories are named by method,
+seed and bias only.
 
 Columns: R, U, S from the reference's probe (unweighted logistic regression, scored by balanced
 accuracy), and S_bal from a class-balanced probe of the same features: synergy is 10% positives, and an
@@ -43,7 +47,7 @@ TARGETS = {
 NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Self", "factorcl": "FactorCL"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from comm_jax.checkpoints import completed_step  # noqa: E402
+from comm_jax.checkpoints import CheckpointStore, completed_step, first_difference  # noqa: E402
 
 
 def run(cmd: list[str]) -> None:
@@ -73,12 +77,59 @@ def config_arg(variant: str, res: int | None, method: str, biased: bool, crop: f
     return "configs/trifeatures.py:" + ",".join(filter(None, tokens))
 
 
+# The parts of a run's config that make its result this table's: what it trained on, what and how long.
+SAME_RUN = ("data", "model", "loss", "optimizer", "precision", "batch_size", "num_steps", "seed")
+
+
+def training_config(config: str, overrides: list[str]) -> dict:
+    """The config, as JSON, that `comm_jax.train --config=CONFIG *OVERRIDES` builds (the same flag parser)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["trifeatures_table", f"--config={os.path.join(ROOT, config)}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "experiment config", flag_values=values, sys_argv=argv)
+    values(argv)
+    return json.loads(values.config.to_json())
+
+
+def value_at(tree, path: str):
+    """The value at a dotted path as `first_difference` names it (`data.augment.image_1`, `mesh[0]`)."""
+    for part in path.replace("[", ".[").split("."):
+        if tree is None:
+            return None
+        tree = tree[int(part[1:-1])] if part.startswith("[") else tree.get(part)
+    return tree
+
+
+def check_same_run(workdir: str, config: str, overrides: list[str]) -> None:
+    """Stop when the finished run in `workdir` was trained with another config than this call's."""
+    final = completed_step(workdir)
+    try:
+        store = CheckpointStore(workdir, read_only=True)
+        saved = store.restore_config(final)
+        store.close()
+    except FileNotFoundError:   # evaluated earlier and its checkpoints removed since: nothing to compare
+        print(f"warning: {workdir} has no checkpoints; its config cannot be checked", flush=True)
+        return
+    current = training_config(config, overrides)
+    for key in SAME_RUN:
+        found = first_difference(saved.get(key), current.get(key), key)
+        if found is not None:
+            raise SystemExit(
+                f"{workdir}: its run was trained with {found} = {value_at(saved, found)!r}, this table asks for "
+                f"{value_at(current, found)!r}; give this table another --root (work directories are named by "
+                f"method, seed and bias only)")
+
+
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
     config = config_arg(args.variant, args.res, method, biased, args.crop)
     workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
     if args.data_dir:
         overrides.append(f"--config.data.data_dir={args.data_dir}")
+    if completed_step(workdir) is not None:   # an unfinished run is checked by the trainer when it resumes
+        check_same_run(workdir, config, overrides)
     row = final_metrics(workdir)
     if row is None or any(k not in row for k in NEEDED[biased]):
         again = []

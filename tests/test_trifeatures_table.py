@@ -5,12 +5,13 @@ and evaluator that write the files the real ones write."""
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import numpy as np
 import pytest
 
-from comm_jax.checkpoints import COMPLETION_MARKER
+from comm_jax.checkpoints import COMPLETION_MARKER, CheckpointStore
 from configs import trifeatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +74,17 @@ def metrics_for(method, seed, biased):
             "probe/S": 0.5 + 0.1 * biased + 0.01 * seed, "probe_bal/S": 0.6 + 0.02 * seed}
 
 
+def finish_fake_run(workdir, tokens, seed, steps):
+    """What training leaves: a final checkpoint holding the run's config, and the completion marker."""
+    c = trifeatures.get_config(tokens)
+    c.seed, c.num_steps = seed, steps
+    store = CheckpointStore(str(workdir), async_save=False)
+    store.save(steps, {"w": np.zeros(2, np.float32)}, {"position": steps}, c.to_json(), force=True)
+    store.close()
+    with open(os.path.join(workdir, COMPLETION_MARKER), "w") as f:
+        json.dump({"step": steps}, f)
+
+
 def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     calls = []
 
@@ -84,8 +96,7 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
         seed, biased = int(flags["--config.seed"]), "bias=true" in flags["--config"]
         if cmd[2] == "comm_jax.train":
             os.makedirs(workdir, exist_ok=True)
-            with open(os.path.join(workdir, COMPLETION_MARKER), "w") as f:
-                json.dump({"step": 30}, f)
+            finish_fake_run(workdir, flags["--config"].split(":", 1)[1], seed, int(flags["--config.num_steps"]))
         else:
             row = {"step": int(flags["--step"]), **metrics_for(method, seed, biased)}
             os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
@@ -97,7 +108,7 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     # One run finished and evaluated before `probe_bal` existed: it must be evaluated again, not retrained.
     old = tmp_path / "comm-seed1-biased"
     (old / "metrics").mkdir(parents=True)
-    (old / COMPLETION_MARKER).write_text(json.dumps({"step": 30}))
+    finish_fake_run(old, "cpu,res=64,loss=comm,bias=true", seed=1, steps=30)
     stale = {k: v for k, v in metrics_for("comm", 1, True).items() if k != "probe_bal/S"}
     (old / "metrics" / "eval.jsonl").write_text(json.dumps({"step": 30, **stale}) + "\n")
 
@@ -136,6 +147,15 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     driver.main()
     assert calls == []
     assert json.loads((tmp_path / "table.json").read_text())["table"] == out["table"]
+
+    # The same root asked for other crops, or more steps, stops on the first run it would reuse, naming
+    # what differs, and runs nothing: its runs were trained otherwise (work directories don't say).
+    for extra, named in (["--crop=0.5"], "data.augment.image_1 = 'random_resized_crop(64, scale=(0.2, 1.0))"), \
+                         (["--override", "num_steps=40"], "num_steps = 30, this table asks for 40"):
+        monkeypatch.setattr(sys, "argv", argv + extra)
+        with pytest.raises(SystemExit, match=re.escape(named)) as stopped:
+            driver.main()
+        assert "comm-seed0-unbiased" in str(stopped.value) and calls == []
 
 
 def test_target_checks_at_the_boundaries(driver):
