@@ -107,11 +107,13 @@ def check_same_run(workdir: str, config: str, overrides: list[str]) -> None:
     final = completed_step(workdir)
     try:
         store = CheckpointStore(workdir, read_only=True)
-        saved = store.restore_config(final)
-        store.close()
     except FileNotFoundError:   # evaluated earlier and its checkpoints removed since: nothing to compare
         print(f"warning: {workdir} has no checkpoints; its config cannot be checked", flush=True)
         return
+    try:
+        saved = store.restore_config(final)
+    finally:
+        store.close()
     current = training_config(config, overrides)
     for key in SAME_RUN:
         found = first_difference(saved.get(key), current.get(key), key)
