@@ -89,6 +89,12 @@ def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
     return None if saved == current else path
 
 
+def first_difference_in(saved: dict[str, Any], current: dict[str, Any], keys) -> str | None:
+    """`first_difference` over the top-level `keys` of two configs, in the order given (a key absent on both
+    sides is equal)."""
+    return next((found for k in keys if (found := first_difference(saved.get(k), current.get(k), k))), None)
+
+
 def mark_complete(workdir: str, step: int) -> None:
     path = os.path.join(os.path.abspath(workdir), COMPLETION_MARKER)
     with open(path + ".tmp", "w") as f:

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from comm_jax import distributed
-from comm_jax.checkpoints import CheckpointStore, clear_complete, first_difference, mark_complete
+from comm_jax.checkpoints import CheckpointStore, clear_complete, first_difference_in, mark_complete
 from comm_jax.mesh import make_mesh
 from comm_jax.metrics_log import MetricsWriter, Throughput, progress_line, say
 from comm_jax.train_state import abstract_state, create_train_state
@@ -41,11 +41,10 @@ def _device_prefetch(batches: Iterator, mesh, size: int = 2) -> Iterator:
 def _check_resumable(saved: dict[str, Any], cfg: ml_collections.ConfigDict, step: int) -> None:
     """Refuse to resume a checkpoint whose model, loss or data differ from the current config."""
     current = common.to_json_dict(cfg)
-    for section in ("model", "loss", "data", "precision", "mesh", "param_sharding"):
-        key = first_difference(saved.get(section), current.get(section), section)
-        if key is not None:
-            raise ValueError(f"checkpoint at step {step} was written with a different config: {key} differs "
-                             f"(use another --workdir, or restore the original value)")
+    key = first_difference_in(saved, current, ("model", "loss", "data", "precision", "mesh", "param_sharding"))
+    if key is not None:
+        raise ValueError(f"checkpoint at step {step} was written with a different config: {key} differs "
+                         f"(use another --workdir, or restore the original value)")
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ TARGETS = {
 NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Self", "factorcl": "FactorCL"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from comm_jax.checkpoints import CheckpointStore, completed_step, first_difference  # noqa: E402
+from comm_jax.checkpoints import CheckpointStore, completed_step, first_difference_in  # noqa: E402
 
 
 def run(cmd: list[str]) -> None:
@@ -94,7 +94,7 @@ def training_config(config: str, overrides: list[str]) -> dict:
 
 
 def value_at(tree, path: str):
-    """The value at a dotted path as `first_difference` names it (`data.augment.image_1`, `mesh[0]`)."""
+    """The value at a dotted path as `first_difference_in` names it (`data.augment.image_1`, `mesh[0]`)."""
     for part in path.replace("[", ".[").split("."):
         if tree is None:
             return None
@@ -102,9 +102,8 @@ def value_at(tree, path: str):
     return tree
 
 
-def check_same_run(workdir: str, config: str, overrides: list[str]) -> None:
-    """Stop when the finished run in `workdir` was trained with another config than this call's."""
-    final = completed_step(workdir)
+def check_same_run(workdir: str, final: int, config: str, overrides: list[str]) -> None:
+    """Stop when the run in `workdir`, finished at step `final`, was trained with another config than this call's."""
     try:
         store = CheckpointStore(workdir, read_only=True)
     except FileNotFoundError:   # evaluated earlier and its checkpoints removed since: nothing to compare
@@ -115,13 +114,12 @@ def check_same_run(workdir: str, config: str, overrides: list[str]) -> None:
     finally:
         store.close()
     current = training_config(config, overrides)
-    for key in SAME_RUN:
-        found = first_difference(saved.get(key), current.get(key), key)
-        if found is not None:
-            raise SystemExit(
-                f"{workdir}: its run was trained with {found} = {value_at(saved, found)!r}, this table asks for "
-                f"{value_at(current, found)!r}; give this table another --root (work directories are named by "
-                f"method, seed and bias only)")
+    found = first_difference_in(saved, current, SAME_RUN)
+    if found is not None:
+        raise SystemExit(
+            f"{workdir}: its run was trained with {found} = {value_at(saved, found)!r}, this table asks for "
+            f"{value_at(current, found)!r}; give this table another --root (work directories are named by "
+            f"method, seed and bias only)")
 
 
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
@@ -130,8 +128,9 @@ def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, 
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
     if args.data_dir:
         overrides.append(f"--config.data.data_dir={args.data_dir}")
-    if completed_step(workdir) is not None:   # an unfinished run is checked by the trainer when it resumes
-        check_same_run(workdir, config, overrides)
+    final = completed_step(workdir)
+    if final is not None:   # an unfinished run is checked by the trainer when it resumes
+        check_same_run(workdir, final, config, overrides)
     row = final_metrics(workdir)
     if row is None or any(k not in row for k in NEEDED[biased]):
         again = []
