@@ -137,7 +137,10 @@ def model_forward(model_cfg, batch: int) -> dict[str, int]:
                  for s in subsets)
     rows = len(subsets) * batch
     hidden, out = model_cfg.head_hidden, model_cfg.head_out
-    head = dense_flops(rows, width, hidden) + dense_flops(rows, hidden, hidden) + dense_flops(rows, hidden, out)
+    if model_cfg.get("projection", "mlp") == "linear":
+        head = dense_flops(rows, width, out)
+    else:
+        head = dense_flops(rows, width, hidden) + dense_flops(rows, hidden, hidden) + dense_flops(rows, hidden, out)
     return {"encoders": encoders, "fusion": fusion, "head": head, "total": encoders + fusion + head}
 
 

@@ -9,6 +9,8 @@ get_config(arg) tokens (comma-separated):
   res=N        image size: 32, 64 or 224 (default 224, or 32 with `cpu`)
   crop=F       smallest area of the SimCLR views' random crops, 0 < F <= 1 (default 0.08, or 0.2 with
                `cpu`); Cross's weak views always crop 0.5-1
+  head=KIND    mlp (default: the 3-layer projection head) or linear (CLIP's bias-free linear projection
+               per modality, as the reference's Cross on Trifeatures; sets `model.projection`)
 
 Full size follows the paper: AlexNet features on 224 px, fusion width 512, 1 layer, 8 heads, batch 64,
 AdamW lr 3e-4, weight decay 1e-4, 100 epochs of the 10,000 training pairs, temperature 0.1; CLIP
@@ -25,7 +27,7 @@ TRAIN_PAIRS = 10_000
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    tokens = common.parse_arg(arg, known=("cpu", "loss", "bias", "res", "crop"))
+    tokens = common.parse_arg(arg, known=("cpu", "loss", "bias", "res", "crop", "head"))
     cpu = common.as_bool(tokens.get("cpu", "false"), "cpu")
     bias = common.as_bool(tokens.get("bias", "false"), "bias")
     res = int(tokens.get("res", 32 if cpu else 224))
@@ -65,6 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.modalities = ("image_1", "image_2")
     c.model.encoders = {m: dict(image_encoder, input_shape=(res, res, 3)) for m in c.model.modalities}
     c.model.logit_scale = c.loss.name == "cross"
+    head = tokens.get("head", "mlp")
+    if head not in ("mlp", "linear"):
+        raise ValueError(f"config argument head={head!r} must be mlp or linear")
+    if head == "linear":   # absent means mlp, so the configs saved by earlier runs still match
+        c.model.projection = "linear"
     c.model.precision = c.get_ref("precision")
 
     # As the reference: CLIP trains on weakly augmented views (crop scale 0.5-1, no colour), the

@@ -27,10 +27,12 @@ def tiny_configs():
         spec["input_shape"] = (16, 16, 3)
     tokens = fusion_heavy.get_config("cpu,tokens=6")
     tokens.model.depth = 2
-    return {"small_cnn": cnn, "fusion_tokens": tokens}
+    linear = tokens.copy_and_resolve_references()
+    linear.model.projection = "linear"
+    return {"small_cnn": cnn, "fusion_tokens": tokens, "linear_projection": linear}
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "fusion_tokens"])
+@pytest.mark.parametrize("name", ["small_cnn", "fusion_tokens", "linear_projection"])
 def test_analytic_forward_flops_match_cost_analysis(name):
     cfg = tiny_configs()[name]
     batch = 4

@@ -1,5 +1,6 @@
 """Model properties: masking == dropping tokens, padding honoured, encoders run once per view,
-reference shapes/parameter counts, CLIP-style init, per-mask BatchNorm, precision, n = 2 and 3."""
+reference shapes/parameter counts, CLIP-style init, per-mask BatchNorm, the linear projection,
+precision, n = 2 and 3."""
 
 import jax
 import jax.numpy as jnp
@@ -179,3 +180,29 @@ def test_bad_model_config_names_the_key():
     cfg.heads = 5
     with pytest.raises(ValueError, match="divisible"):
         build_model(cfg)
+    cfg = model_config(2)
+    cfg.projection = "mlp3"
+    with pytest.raises(ValueError, match="model.projection"):
+        build_model(cfg)
+
+
+def test_linear_projection_maps_each_mask_by_its_own_bias_free_matrix():
+    cfg = model_config(2)
+    cfg.projection = "linear"
+    model = build_model(cfg, seed=3)
+    x = {name: rand(30 + i, (5, 16, 16, 3)) for i, name in enumerate(cfg.modalities)}
+    z, proj = model(x)
+    kernel = np.asarray(model.head.kernel[...])
+    assert kernel.shape == (3, 32, 16)      # each modality alone, then both
+    assert n_params(model.head) == 3 * 32 * 16
+    z = np.asarray(z, np.float64)
+    for g in range(3):
+        np.testing.assert_allclose(proj[g], z[g] @ kernel[g], rtol=1e-5, atol=1e-5)
+    # distinct maps per mask, drawn as CLIP's N(0, width^-1/2)
+    assert not np.allclose(kernel[0], kernel[1])
+    assert np.std(kernel) == pytest.approx(32 ** -0.5, rel=0.1)
+    # linear and bias-free: the projection of a sum is the sum of the projections
+    lin = model.head
+    a, b = rand(40, (3, 4, 32)), rand(41, (3, 4, 32))
+    np.testing.assert_allclose(lin(a + b), lin(a) + lin(b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lin(jnp.zeros((3, 4, 32))), 0.0)

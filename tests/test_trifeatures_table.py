@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from comm_jax.checkpoints import COMPLETION_MARKER, CheckpointStore
+from comm_jax.models import build_model
 from configs import trifeatures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +54,18 @@ def test_crop_reaches_the_simclr_views_only(driver, method):
         else:                     # only the crop differs from the config's default (20% at cpu)
             assert default[name].startswith("random_resized_crop(64, scale=(0.2, 1.0))")
             assert views[name].split("|")[1:] == default[name].split("|")[1:]
+
+
+def test_head_token_selects_the_projection_and_leaves_default_configs_as_saved_runs_have_them():
+    linear = trifeatures.get_config("cpu,loss=cross,head=linear")
+    assert linear.model.projection == "linear"
+    assert type(build_model(linear.model).head).__name__ == "LinearProjection"
+    for tokens in ("cpu,loss=cross", "cpu,loss=cross,head=mlp"):
+        # absent means mlp: a run saved before the token existed still resumes and is reused by the driver
+        assert "projection" not in trifeatures.get_config(tokens).model
+        assert type(build_model(trifeatures.get_config(tokens).model).head).__name__ == "ProjectionHead"
+    with pytest.raises(ValueError, match="head="):
+        trifeatures.get_config("cpu,head=deep")
 
 
 @pytest.mark.parametrize("bad", ["crop=0", "crop=1.5", "crop=half"])

@@ -1,4 +1,5 @@
-"""Projection head Linear-BN-ReLU-Linear-BN-ReLU-Linear, with BatchNorm statistics per fusion mask."""
+"""Projection heads from Z to the loss space: the reference's MLP (Linear-BN-ReLU-Linear-BN-ReLU-Linear,
+BatchNorm statistics per fusion mask), or CLIP's bias-free linear projection, one per mask."""
 
 from __future__ import annotations
 
@@ -53,3 +54,21 @@ class ProjectionHead(nnx.Module):
         h = jax.nn.relu(self.bn1(self.fc1(z)))
         h = jax.nn.relu(self.bn2(self.fc2(h)))
         return self.fc3(h)
+
+
+class LinearProjection(nnx.Module):
+    """`[groups, batch, width]` -> `[groups, batch, out]` through a bias-free linear map per group.
+
+    CLIP's projection as the reference's Trifeatures baseline has it (one per modality, weights
+    N(0, width^-1/2)): Z reaches the loss through a linear map only, so whatever the loss must drop
+    from the embedding, Z drops too; an MLP head can drop it instead, leaving it in Z.
+    """
+
+    def __init__(self, groups: int, width: int, out: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(width ** -0.5 * jax.random.normal(rngs.params(), (groups, width, out)))
+        self.dtype = dtype
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        if z.shape[0] != self.kernel.shape[0]:
+            raise ValueError(f"LinearProjection has {self.kernel.shape[0]} groups, got Z for {z.shape[0]}")
+        return jnp.einsum("gbw,gwo->gbo", z.astype(self.dtype), self.kernel[...].astype(self.dtype))

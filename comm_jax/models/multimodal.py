@@ -12,7 +12,7 @@ from flax import nnx
 
 from comm_jax.models.adapters import ADAPTERS
 from comm_jax.models.fusion import FusionTransformer, comm_subsets
-from comm_jax.models.head import ProjectionHead
+from comm_jax.models.head import LinearProjection, ProjectionHead
 from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
 from comm_jax.models.sequence_encoders import GRUEncoder, TransformerSequenceEncoder
 
@@ -78,7 +78,11 @@ class MultimodalModel(nnx.Module):
                                   for name in self.modalities})
         self.fusion = FusionTransformer(cfg.width, cfg.depth, cfg.heads, mlp_ratio=cfg.get("mlp_ratio", 4),
                                         dtype=self.dtype, rngs=rngs)
-        self.head = ProjectionHead(cfg.width, cfg.head_hidden, cfg.head_out, dtype=self.dtype, rngs=rngs)
+        if cfg.get("projection", "mlp") == "mlp":
+            self.head = ProjectionHead(cfg.width, cfg.head_hidden, cfg.head_out, dtype=self.dtype, rngs=rngs)
+        else:   # one map per fusion mask: each modality alone, then all
+            self.head = LinearProjection(len(self.modalities) + 1, cfg.width, cfg.head_out, dtype=self.dtype,
+                                         rngs=rngs)
         if cfg.get("logit_scale", False):
             self.log_logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
@@ -114,6 +118,8 @@ class MultimodalModel(nnx.Module):
 
 
 REQUIRED_MODEL_KEYS = ("modalities", "encoders", "width", "depth", "heads", "head_hidden", "head_out")
+# `model.projection` (absent means "mlp"): the reference's MLP head, or CLIP's linear projection per mask.
+PROJECTIONS = ("mlp", "linear")
 
 
 def validate_model_config(cfg) -> None:
@@ -133,6 +139,8 @@ def validate_model_config(cfg) -> None:
     for key in ("width", "depth", "heads", "head_hidden", "head_out"):
         if int(cfg[key]) <= 0:
             raise ValueError(f"model.{key} must be positive, got {cfg[key]}")
+    if cfg.get("projection", "mlp") not in PROJECTIONS:
+        raise ValueError(f"model.projection must be one of {PROJECTIONS}, got {cfg.projection!r}")
     if cfg.width % cfg.heads:
         raise ValueError(f"model.width ({cfg.width}) must be divisible by model.heads ({cfg.heads})")
 
