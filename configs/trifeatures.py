@@ -9,8 +9,10 @@ get_config(arg) tokens (comma-separated):
   res=N        image size: 32, 64 or 224 (default 224, or 32 with `cpu`)
   crop=F       smallest area of the SimCLR views' random crops, 0 < F <= 1 (default 0.08, or 0.2 with
                `cpu`); Cross's weak views always crop 0.5-1
-  head=KIND    mlp (default: the 3-layer projection head) or linear (CLIP's bias-free linear projection
-               per modality, as the reference's Cross on Trifeatures; sets `model.projection`)
+  head=KIND    how Z reaches the loss: linear (CLIP's bias-free linear projection per modality; the
+               default for loss=cross, as the reference's Cross on Trifeatures) or mlp (the 3-layer
+               projection head; the default for every other loss). Cross runs trained before session 8
+               used mlp: `loss=cross,head=mlp` resumes and reproduces them
 
 Full size follows the paper: AlexNet features on 224 px, fusion width 512, 1 layer, 8 heads, batch 64,
 AdamW lr 3e-4, weight decay 1e-4, 100 epochs of the 10,000 training pairs, temperature 0.1; CLIP
@@ -67,7 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.modalities = ("image_1", "image_2")
     c.model.encoders = {m: dict(image_encoder, input_shape=(res, res, 3)) for m in c.model.modalities}
     c.model.logit_scale = c.loss.name == "cross"
-    head = tokens.get("head", "mlp")
+    # The reference's CLIP baseline projects each image's Z linearly; an MLP head would let the loss drop
+    # the textures in the head and leave them in Z (measured: Cross U 35 -> 28 at 32 px, see
+    # docs/results/trifeatures_cpu/).
+    head = tokens.get("head", "linear" if c.loss.name == "cross" else "mlp")
     if head not in ("mlp", "linear"):
         raise ValueError(f"config argument head={head!r} must be mlp or linear")
     if head == "linear":   # absent means mlp, so the configs saved by earlier runs still match

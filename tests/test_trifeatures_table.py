@@ -56,14 +56,16 @@ def test_crop_reaches_the_simclr_views_only(driver, method):
             assert views[name].split("|")[1:] == default[name].split("|")[1:]
 
 
-def test_head_token_selects_the_projection_and_leaves_default_configs_as_saved_runs_have_them():
-    linear = trifeatures.get_config("cpu,loss=cross,head=linear")
-    assert linear.model.projection == "linear"
-    assert type(build_model(linear.model).head).__name__ == "LinearProjection"
-    for tokens in ("cpu,loss=cross", "cpu,loss=cross,head=mlp"):
+def test_head_token_selects_the_projection_and_mlp_configs_stay_as_saved_runs_have_them():
+    for tokens in ("cpu,loss=cross", "cpu,loss=comm,head=linear"):      # Cross projects linearly by default
+        c = trifeatures.get_config(tokens)
+        assert c.model.projection == "linear"
+        assert type(build_model(c.model).head).__name__ == "LinearProjection"
+    for tokens in ("cpu,loss=cross,head=mlp", "cpu,loss=comm", "cpu,loss=cross_self"):
         # absent means mlp: a run saved before the token existed still resumes and is reused by the driver
-        assert "projection" not in trifeatures.get_config(tokens).model
-        assert type(build_model(trifeatures.get_config(tokens).model).head).__name__ == "ProjectionHead"
+        c = trifeatures.get_config(tokens)
+        assert "projection" not in c.model
+        assert type(build_model(c.model).head).__name__ == "ProjectionHead"
     with pytest.raises(ValueError, match="head="):
         trifeatures.get_config("cpu,head=deep")
 
@@ -169,6 +171,15 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=re.escape(named)) as stopped:
             driver.main()
         assert "comm-seed0-unbiased" in str(stopped.value) and calls == []
+    # Cross trained with its default linear projection is not the table of Cross with the MLP head (the
+    # tables written before session 8): the driver passes head=mlp to Cross only, and stops on the first Cross run.
+    assert all("head=" not in a for c in trains for a in c)
+    monkeypatch.setattr(sys, "argv", argv + ["--cross_head=mlp"])
+    with pytest.raises(SystemExit, match=r"cross-seed0-unbiased: its run was trained with model\.projection = 'linear'"):
+        driver.main()
+    assert calls == []
+    assert driver.config_arg("cpu", 64, "comm", False, cross_head="mlp") == "configs/trifeatures.py:cpu,res=64,loss=comm"
+    assert driver.config_arg("cpu", 64, "cross", True, cross_head="mlp").endswith("loss=cross,bias=true,head=mlp")
 
 
 def test_target_checks_at_the_boundaries(driver):
