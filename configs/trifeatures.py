@@ -70,8 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.encoders = {m: dict(image_encoder, input_shape=(res, res, 3)) for m in c.model.modalities}
     c.model.logit_scale = c.loss.name == "cross"
     # The reference's CLIP baseline projects each image's Z linearly; an MLP head would let the loss drop
-    # the textures in the head and leave them in Z (measured at 32 px: Cross U 34.7 -> 29.4, R 90.3 -> 94.1; see
-    # docs/results/trifeatures_cpu/).
+    # the textures in the head and leave them in Z (measured: Cross U 34.7 -> 29.4 at 32 px, 34.9 -> 21.9
+    # at 64 px; see docs/results/trifeatures_cpu/).
     head = tokens.get("head", "linear" if c.loss.name == "cross" else "mlp")
     if head not in ("mlp", "linear"):
         raise ValueError(f"config argument head={head!r} must be mlp or linear")
