@@ -104,7 +104,8 @@ def test_training_on_1_and_8_devices_gives_same_parameters_and_no_recompiles():
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
     # Adam turns the rounding noise of exactly-zero gradients into +-lr steps: those leaves are
     # left out; every other parameter must agree.
-    for p1, p8 in zip(signal_leaves(state1.params, zero_gradient(cfg)), signal_leaves(state8.params, zero_gradient(cfg))):
+    zero = zero_gradient(cfg)
+    for p1, p8 in zip(signal_leaves(state1.params, zero), signal_leaves(state8.params, zero)):
         assert_close_by_norm(p8, p1, 5e-4)
     assert int(state8.step) == 3
     assert step8._cache_size() == 1      # one compiled executable for all steps

@@ -81,8 +81,8 @@ class MultimodalModel(nnx.Module):
         if cfg.get("projection", "mlp") == "mlp":
             self.head = ProjectionHead(cfg.width, cfg.head_hidden, cfg.head_out, dtype=self.dtype, rngs=rngs)
         else:   # one map per fusion mask: each modality alone, then all
-            self.head = LinearProjection(len(self.modalities) + 1, cfg.width, cfg.head_out, dtype=self.dtype,
-                                         rngs=rngs)
+            masks = len(comm_subsets(len(self.modalities)))
+            self.head = LinearProjection(masks, cfg.width, cfg.head_out, dtype=self.dtype, rngs=rngs)
         if cfg.get("logit_scale", False):
             self.log_logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
