@@ -207,7 +207,8 @@ def bar_chart(table, path: str) -> None:
         ax.set_xticks(x, [NAMES[m].split(" ")[0] for m in methods])
         ax.set_title(task)
     axes[0].set_ylabel("linear probe accuracy (%)")
-    axes[0].legend()
+    axes[0].set_ylim(0, 118)    # headroom for the legend above bars that reach 100
+    axes[0].legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
