@@ -17,6 +17,7 @@ from configs import fusion_heavy, trifeatures
 # Analytic counts cover convs, matmuls and attention only; XLA also counts elementwise work.
 FORWARD_TOLERANCE = 0.05
 TRAIN_STEP_TOLERANCE = 0.15
+HEAD_TOLERANCE = 0.15     # a difference of two totals, each within FORWARD_TOLERANCE: a looser bound
 
 
 def tiny_configs():
@@ -57,7 +58,7 @@ def test_analytic_head_flops_follow_the_projection():
         analytic[name], compiled[name] = flops.model_forward(cfg.model, 4)["total"], compiled_forward_flops(cfg, 4)
     removed = analytic["fusion_tokens"] - analytic["linear_projection"]
     assert removed > 0
-    assert removed == pytest.approx(compiled["fusion_tokens"] - compiled["linear_projection"], rel=TRAIN_STEP_TOLERANCE)
+    assert removed == pytest.approx(compiled["fusion_tokens"] - compiled["linear_projection"], rel=HEAD_TOLERANCE)
 
 
 def test_analytic_train_step_flops_match_cost_analysis():
