@@ -3,10 +3,11 @@
 get_config(arg) tokens (comma-separated):
   cpu          the variant sized for a 2-core CPU: 32 px, a small CNN, width 64, lr 1e-3, crops of at
                least 20% of the area (about 3 min of training on 2 quiet cores); with res=64 the CNN
-               has a fourth stage (32-64-128-128), so the fusion still sees 4 x 4 tokens per image
+               has a fourth stage (32-64-128-128) and with res=128 a fifth (32-64-128-128-128), so the
+               fusion still sees 4 x 4 tokens per image
   loss=NAME    comm (default), cross, cross_self, cmc, simclr
   bias=true    pretrain on pairs biased by the texture->colour mapping (for the synergy task S)
-  res=N        image size: 32, 64 or 224 (default 224, or 32 with `cpu`)
+  res=N        image size: 32, 64, 128 or 224 (default 224, or 32 with `cpu`)
   crop=F       smallest area of the SimCLR views' random crops, 0 < F <= 1 (default 0.08, or 0.2 with
                `cpu`); Cross's weak views always crop 0.5-1
   head=KIND    how Z reaches the loss: linear (CLIP's bias-free linear projection per modality; the
@@ -26,6 +27,7 @@ import ml_collections
 from configs import common
 
 TRAIN_PAIRS = 10_000
+RESOLUTIONS = (32, 64, 128, 224)   # the bimodal_trifeatures builder's sizes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,8 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cpu = common.as_bool(tokens.get("cpu", "false"), "cpu")
     bias = common.as_bool(tokens.get("bias", "false"), "bias")
     res = int(tokens.get("res", 32 if cpu else 224))
-    if res not in (32, 64, 224):
-        raise ValueError(f"config argument res={res} must be 32, 64 or 224")
+    if res not in RESOLUTIONS:
+        raise ValueError(f"config argument res={res} must be one of {RESOLUTIONS}")
     try:
         crop = float(tokens.get("crop", 0.2 if cpu else 0.08))
     except ValueError:
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_steps = epochs * TRAIN_PAIRS // c.batch_size
 
     if cpu:
-        # One more stage at 64 px keeps the 4 x 4 token grid (measured: docs/results/trifeatures_cpu/).
+        # One more stage per doubling keeps the 4 x 4 token grid (measured: docs/results/trifeatures_cpu/).
         channels = {32: (32, 64, 96), 64: (32, 64, 128, 128)}.get(res, (32, 64, 128, 128, 128))
         image_encoder = dict(encoder="small_cnn", encoder_args=dict(channels=channels))
         c.model = ml_collections.ConfigDict(dict(width=64, depth=1, heads=4, mlp_ratio=4,

@@ -5,7 +5,7 @@ textures) that share their shape; the other attributes are independent. Labels: 
 (redundancy), `texture_1` / `texture_2` (uniqueness), `synergy` (1 iff the texture of image 1 and
 the colour of image 2 match the fixed mapping M), plus `color_1`, `color_2` and the pair `id`.
 
-Configs `32px`, `64px`, `224px` (the paper's resolution, the default) hold unbiased pairs; their
+Configs `32px`, `64px`, `128px`, `224px` (the paper's resolution, the default) hold unbiased pairs; their
 `_biased` twins hold a training split where every pair satisfies M (synergy pretraining). The test
 split is always unbiased: every ordered same-shape pair of the 200 held-out combinations.
 
@@ -72,7 +72,7 @@ class BimodalTrifeatures(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [_make_config(size, biased)
-                       for biased in (False, True) for size in (224, 64, 32)]
+                       for biased in (False, True) for size in (224, 128, 64, 32)]
     DEFAULT_CONFIG_NAME = "224px"
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -67,6 +67,7 @@ class RenderSpec:
 RENDER_SPECS = {
     32: RenderSpec(image_size=32, texture_period=5.0, supersample=4),
     64: RenderSpec(image_size=64, texture_period=6.0, supersample=4),
+    128: RenderSpec(image_size=128, texture_period=8.0, supersample=3),
     224: RenderSpec(image_size=224, texture_period=10.0, supersample=2),
 }
 

@@ -217,7 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=("cpu", "full"), default="cpu")
     parser.add_argument("--root", default="workdirs/trifeatures_table")
-    parser.add_argument("--res", type=int, choices=(32, 64, 224), default=None,
+    parser.add_argument("--res", type=int, choices=(32, 64, 128, 224), default=None,
                         help="image size (default: the variant's, 32 px for cpu and 224 px for full)")
     parser.add_argument("--crop", type=float, default=None,
                         help="smallest crop area of the SimCLR views (config token crop=; default: the config's)")

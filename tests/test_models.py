@@ -12,9 +12,10 @@ from flax import nnx
 from comm_jax.models import FusionTransformer, build_model, comm_subsets
 from comm_jax.models.adapters import TabularAdapter, sincos_2d
 from comm_jax.models.head import GroupedBatchNorm
-from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk
+from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
 from comm_jax.models.sequence_encoders import GRUEncoder
 from comm_jax.models.transformer import ResidualBlock, TransformerStack
+from configs import trifeatures
 
 
 def rand(key, shape):
@@ -104,6 +105,20 @@ def test_reference_encoder_shapes_and_parameter_counts():
     resnet.eval()   # running statistics: shape inference must not update batch stats
     assert n_params(resnet) == 11_689_512 - 513_000
     assert jax.eval_shape(resnet, jnp.zeros((1, 224, 224, 3))).shape == (1, 7, 7, 512)
+
+
+@pytest.mark.parametrize("res", [32, 64, 128])
+def test_trifeatures_cpu_cnn_gives_a_4x4_grid_at_every_size(res):
+    """The CPU variant adds a CNN stage per doubling of the image side, so the fusion sees 4 x 4 tokens."""
+    encoder = trifeatures.get_config(f"cpu,res={res}").model.encoders["image_1"]
+    assert tuple(encoder.input_shape) == (res, res, 3)
+    cnn = SmallCNN(**encoder.encoder_args, rngs=nnx.Rngs(0))
+    assert jax.eval_shape(cnn, jnp.zeros((1, res, res, 3))).shape[1:3] == (4, 4)
+
+
+def test_trifeatures_config_names_an_unsupported_resolution():
+    with pytest.raises(ValueError, match="res=96 must be one of"):
+        trifeatures.get_config("cpu,res=96")
 
 
 def test_sincos_and_tabular_adapter_formulas():

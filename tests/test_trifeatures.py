@@ -235,7 +235,7 @@ def test_texture_covers_the_fraction_of_the_shape_its_pattern_predicts(texture, 
 
 def test_builder_configs_cover_resolutions_and_bias(data_dir):
     expected = {f"{size}px{suffix}": (size, suffix == "_biased")
-                for size in (32, 64, 224) for suffix in ("", "_biased")}
+                for size in (32, 64, 128, 224) for suffix in ("", "_biased")}
     configs = {config.name: (config.image_size, config.biased)
                for config in trifeatures.BimodalTrifeatures.BUILDER_CONFIGS}
     assert configs == expected
