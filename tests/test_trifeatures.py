@@ -219,17 +219,18 @@ def test_colour_is_recoverable_from_the_mean_shift_from_grey(datasets):
 @pytest.mark.parametrize("texture, density", [
     ("solid", 1.0), ("stripes", 0.3), ("grid", 0.51), ("dots", np.pi * 0.4 ** 2),
     ("noise", 0.5), ("triangles", 0.32), ("zigzags", 0.4)])
-def test_texture_covers_the_fraction_of_the_shape_its_pattern_predicts(texture, density):
-    """White squares: the lit area over the square's area recovers the texture's duty cycle."""
+@pytest.mark.parametrize("size", sorted(render.RENDER_SPECS))
+def test_texture_covers_the_fraction_of_the_shape_its_pattern_predicts(texture, density, size):
+    """White squares: the lit area over the square's area recovers the texture's duty cycle, at every size."""
     renders = 10
     images = render.ImageAttributes(
         shape=np.full(renders, render.SHAPE_NAMES.index("square")),
         color=np.full(renders, render.COLOR_NAMES.index("white")),
         texture=np.full(renders, render.TEXTURE_NAMES.index(texture)),
         render=np.arange(renders))
-    pixels = render.render_images(images, render.render_spec(SIZE))
+    pixels = render.render_images(images, render.render_spec(size))
     coverage = _shift_from_grey(pixels).mean(-1) / (255 - GREY_LEVEL)
-    square_area = (render.TEMPLATE_FRACTION * SIZE) ** 2
+    square_area = (render.TEMPLATE_FRACTION * size) ** 2
     assert coverage.sum(axis=(1, 2)).mean() / square_area == pytest.approx(density, abs=0.05)
 
 
