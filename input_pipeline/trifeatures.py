@@ -72,7 +72,7 @@ class BimodalTrifeatures(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [_make_config(size, biased)
-                       for biased in (False, True) for size in (224, 128, 64, 32)]
+                       for biased in (False, True) for size in sorted(render.RENDER_SPECS)]
     DEFAULT_CONFIG_NAME = "224px"
 
     def _info(self) -> tfds.core.DatasetInfo:

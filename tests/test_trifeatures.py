@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import input_pipeline  # noqa: F401  (registers bimodal_trifeatures)
+from configs import trifeatures as trifeatures_config
 from input_pipeline import trifeatures
 from input_pipeline import trifeatures_render as render
 
@@ -240,6 +241,7 @@ def test_builder_configs_cover_resolutions_and_bias(data_dir):
     configs = {config.name: (config.image_size, config.biased)
                for config in trifeatures.BimodalTrifeatures.BUILDER_CONFIGS}
     assert configs == expected
+    assert sorted(trifeatures_config.RESOLUTIONS) == sorted({size for size, _ in expected.values()})
     builder = tfds.builder("bimodal_trifeatures/64px", data_dir=data_dir)  # no generation
     assert builder.info.features["image_2"].shape == (64, 64, 3)
 
