@@ -57,13 +57,14 @@ class PerFeatureSet:
         return {name: self.scores[name].score(rows) for name, rows in test_features.items()}
 
 
-def _split_sets(sets: Mapping[str, np.ndarray], fused: str, what: str) -> tuple[np.ndarray, list[np.ndarray]]:
+def _split_sets(sets: Mapping[str, np.ndarray], fused: str, what: str, dtype=np.float32
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
     if fused not in sets:
         raise ValueError(f"the fused {what} set {fused!r} is missing (have {sorted(sets)})")
     unimodal = sorted(name for name in sets if name != fused)
     if not unimodal:
         raise ValueError(f"no unimodal {what} set besides the fused {fused!r}")
-    rows = [as_rows(sets[name], f"{what} {name!r}") for name in [fused] + unimodal]
+    rows = [as_rows(sets[name], f"{what} {name!r}", dtype) for name in [fused] + unimodal]
     if len({r.shape[0] for r in rows}) != 1:
         raise ValueError(f"{what} sets have different row counts: "
                          f"{ {name: r.shape[0] for name, r in zip([fused] + unimodal, rows)} }")
@@ -133,9 +134,8 @@ class InteractionResidual:
     def fit(self, train_features: Mapping[str, np.ndarray], train_labels=None) -> "InteractionResidual":
         """Fits the ridge map and the residual covariance on training sets `{name: [n, dim_name]}`."""
         self.unimodal_names = sorted(name for name in train_features if name != self.fused)
-        fused, unimodal = _split_sets(train_features, self.fused, "feature")
-        targets = fused.astype(np.float64)
-        inputs = np.concatenate(unimodal, axis=1).astype(np.float64)    # [n, sum of unimodal dims]
+        targets, unimodal = _split_sets(train_features, self.fused, "feature", np.float64)
+        inputs = np.concatenate(unimodal, axis=1)                       # [n, sum of unimodal dims]
         input_mean, target_mean = inputs.mean(axis=0), targets.mean(axis=0)
         centred_inputs = inputs - input_mean
         gram = centred_inputs.T @ centred_inputs + self.ridge * np.eye(inputs.shape[1])
@@ -151,12 +151,12 @@ class InteractionResidual:
                                      whitened_means=jnp.zeros((1, targets.shape[1]), jnp.float32)))
         return self
 
-    def _rows(self, features: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, features: Mapping[str, np.ndarray], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         if not hasattr(self, "_state"):
             raise RuntimeError("InteractionResidual.fit must run before scoring")
         if sorted(name for name in features if name != self.fused) != self.unimodal_names:
             raise ValueError(f"need feature sets {[self.fused] + self.unimodal_names}, got {sorted(features)}")
-        fused, unimodal = _split_sets(features, self.fused, "feature")
+        fused, unimodal = _split_sets(features, self.fused, "feature", dtype)
         unimodal = np.concatenate(unimodal, axis=1)
         expected = (self.intercept.shape[0], self.coefficients.shape[0])
         if (fused.shape[1], unimodal.shape[1]) != expected:
@@ -166,8 +166,8 @@ class InteractionResidual:
 
     def residuals(self, test_features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Ridge residuals `[m, dim]` of the fused set given the unimodal ones (float64, NumPy)."""
-        fused, unimodal = self._rows(test_features)
-        return fused - unimodal.astype(np.float64) @ self.coefficients - self.intercept
+        fused, unimodal = self._rows(test_features, np.float64)
+        return fused - unimodal @ self.coefficients - self.intercept
 
     def score(self, test_features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores `[m]` of test sets `{name: [m, dim_name]}` (the fitted names)."""
