@@ -14,7 +14,7 @@ import jax
 
 from comm_jax.uncertainty.gaussian_scores import ledoit_wolf_shrinkage
 from comm_jax.uncertainty.metrics import ood_metrics
-from comm_jax.uncertainty.neighbour_scores import kmeans_plus_plus_init, lloyd
+from comm_jax.uncertainty.neighbour_scores import kmeans_plus_plus_init, kth_largest, lloyd
 from comm_jax.uncertainty.scores import (GEN, KNN, MSP, SSD, CrossModalDisagreement, Energy,
                                          InteractionResidual, Mahalanobis, MaxLogit, PerFeatureSet,
                                          RelativeMahalanobis, kmeans)
@@ -88,6 +88,15 @@ def test_knn_matches_sklearn_nearest_neighbours():
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     distances, _ = NearestNeighbors(n_neighbors=7).fit(unit(train)).kneighbors(unit(test))
     np.testing.assert_allclose(KNN(k=7).fit(train).score(test), -distances[:, -1], **TOLERANCE)
+
+
+def test_kth_largest_is_exact_with_ties_and_signs():
+    rng = np.random.default_rng(17)
+    values = np.round(rng.normal(0, 2, (6, 40)), 1).astype(np.float32)
+    values[0, :5] = [np.inf, -np.inf, 0.0, -0.0, 1e-30]
+    descending = -np.sort(-values, axis=1)
+    for k in (1, 2, 7, 40):
+        np.testing.assert_array_equal(np.asarray(kth_largest(values, k)), descending[:, k - 1])
 
 
 def _blobs(seed, n=300, dim=4, clusters=5):
