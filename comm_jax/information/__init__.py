@@ -1,0 +1,1 @@
+"""Information measures and partial information decomposition (PID) estimators on any arrays."""
