@@ -90,8 +90,8 @@ class _MarginalProgram:
         exponents = np.where(self.support, lam1[:, None, :] + lam2[None, :, :], -np.inf)
         peak = np.max(exponents, axis=-1, keepdims=True)
         finite_peak = np.where(np.isfinite(peak), peak, 0.0)
-        lse = finite_peak[..., 0] + np.log(np.sum(np.exp(exponents - finite_peak), axis=-1))
-        lse = np.where(np.isfinite(peak[..., 0]), lse, -np.inf)
+        with np.errstate(divide="ignore"):  # cells off the support: log 0 = -inf, as meant
+            lse = finite_peak[..., 0] + np.log(np.sum(np.exp(exponents - finite_peak), axis=-1))
         return (float(np.sum(lam1 * self.marginal_x1y) + np.sum(lam2 * self.marginal_x2y))
                 - float(np.max(lse)))
 
