@@ -15,7 +15,9 @@ complement, of size about (n1 + n2) * ny. Newton converges in tens of steps to a
 copes with optima on the boundary of Delta_P (cells of Q that are 0 at the optimum), which is where
 the BROJA optimum usually lies. Entropic mirror descent with Sinkhorn projections and Frank-Wolfe
 were the alternatives: both are first-order, sublinear near such boundary optima, and reach 1e-6
-bits only after thousands of projections or linear programs.
+bits only after thousands of projections or linear programs. Measured on 30 x 30 x 10 random joints
+(`python -m comm_jax.information.broja_timing`, one BLAS thread, a shared 2-core CPU): 50-63 Newton
+steps, median 0.4-0.9 s by machine load, certified gaps of at most about 1e-7 bits.
 
 Certificate: the Lagrange dual of the program is
 
@@ -129,8 +131,10 @@ class _MarginalProgram:
         solved_cross = solved[..., :-1].reshape(n1y, n2y)
         solved_rhs = solved[..., -1].reshape(n1y)
         cross = cross.reshape(n1y, n2y)
-        schur = (np.einsum("bij,bk->bikj", block_x2, np.eye(self.n2)).reshape(n2y, n2y)
-                 - cross.T @ solved_cross)
+        schur = -(cross.T @ solved_cross)
+        diagonal_blocks = schur.reshape(self.n2, self.ny, self.n2, self.ny)
+        x2_index = np.arange(self.n2)
+        diagonal_blocks[x2_index, :, x2_index, :] += block_x2
         schur_rhs = rhs_x2.reshape(-1) - cross.T @ solved_rhs
         nu2 = _solve_symmetric(schur, schur_rhs)
         nu1 = (solved_rhs - solved_cross @ nu2).reshape(self.n1, self.ny)
