@@ -37,21 +37,15 @@ def check(cfg, device_memory_gb: float | None = None) -> dict:
     import time
 
     from comm_jax.mesh import make_mesh
-    from comm_jax.train_state import abstract_train_state
-    from comm_jax.train_step import batch_shardings, batch_structure, make_train_step
-    from configs import common
+    from comm_jax.train_step import batch_shardings, build_train_step
 
-    common.validate(cfg)
     mesh = make_mesh(cfg.mesh)
-    if cfg.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {mesh.size} devices")
-    graphdef, state, shardings, tx, schedule = abstract_train_state(cfg, mesh)
-    batch = batch_structure(cfg, cfg.batch_size)
+    built = build_train_step(cfg, mesh, abstract=True)
+    batch = built.spec.structure(cfg.batch_size)
     batch = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), batch,
                          batch_shardings(mesh, batch))
-    step = make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, batch)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = built.step.lower(built.state, batch).compile()
     seconds = time.perf_counter() - t0
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()

@@ -149,7 +149,9 @@ def run_torch(args, peaks: dict[str, Any]) -> list[dict[str, Any]]:
     from comm_jax.bench import torch_anchor
 
     print(f"\n== PyTorch anchor ({args.torch_script}) ==", flush=True)
-    return torch_anchor.compare(args.torch_python, args.torch_script, batch=args.torch_batch,
+    config_file = os.path.join(REPO_ROOT, "configs", "trifeatures.py")
+    return torch_anchor.compare(args.torch_python, args.torch_script,
+                                lambda size: load_config(f"{config_file}:res={size}"), batch=args.torch_batch,
                                 sizes=_ints(args.torch_sizes), steps=args.steps, warmup=args.warmup,
                                 threads=args.torch_threads, peaks=peaks, repeats=args.torch_repeats,
                                 torch_env=dict(kv.split("=", 1) for kv in args.torch_env or ()),

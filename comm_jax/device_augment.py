@@ -18,13 +18,13 @@ TensorFlow import, so it also runs where only jax is installed.
 from __future__ import annotations
 
 import functools
-import zlib
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from comm_jax.batch import modality_salt
 from comm_jax.op_spec import parse_spec
 
 DeviceOp = Callable[[jax.Array, jax.Array], jax.Array]
@@ -58,7 +58,7 @@ def parse(spec: str) -> DeviceOp:
 def view_keys(example_keys: jax.Array, view: int, modality: str) -> jax.Array:
     """`[B]` keys of one view of one modality from the examples' uint32 `[B, 2]` key data (the
     pipeline's, a pure function of (seed, epoch, example index))."""
-    salt = zlib.crc32(modality.encode()) & 0x7FFFFFFF
+    salt = modality_salt(modality)
     keys = jax.random.wrap_key_data(example_keys.astype(jnp.uint32), impl="threefry2x32")
     return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, view), salt))(keys)
 

@@ -32,7 +32,8 @@ from jax.sharding import Mesh
 
 from comm_jax import distributed
 from comm_jax.checkpoints import CheckpointStore, checkpoint_dir, completed_step
-from comm_jax.evaluators import Evaluator, build_evaluators, resolve_config
+from comm_jax.evaluators import Evaluator, Source, build_evaluators, resolve_config
+from comm_jax.evaluators.data import evaluation_data
 from comm_jax.evaluators.features import EvalContext
 from comm_jax.evaluators.frozen_model import FrozenModel, restore_frozen_model
 from comm_jax.evaluators.report import format_table, plot, read_rows
@@ -43,33 +44,22 @@ log = logging.getLogger("comm_jax.evaluate")
 EVAL_LOG = "eval"
 
 
-def evaluation_data(cfg: ml_collections.ConfigDict, evals: ml_collections.ConfigDict) -> dict[str, Iterable]:
-    """This process's eval iterators of the train and test splits of `evals.probe_data` (default
-    `cfg.data.name`), with the labels of `evals.tasks`; loaded once, re-iterated for every checkpoint."""
-    from input_pipeline.pipeline import make_eval_iterator
-
-    data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
-    data_cfg.name = evals.probe_data or cfg.data.name
-    labels = tuple(dict.fromkeys(dict(evals.tasks).values()))
-    batch = evals.batch_size // jax.process_count()
-    return {split: make_eval_iterator(data_cfg, split, batch_size=batch, labels=labels,
-                                      process_index=jax.process_index(), process_count=jax.process_count())
-            for split in dict.fromkeys((evals.train_split, evals.test_split))}
-
-
-def evaluate_model(model: FrozenModel, evaluators: Sequence[Evaluator], sources: Mapping[str, Iterable],
+def evaluate_model(model: FrozenModel, evaluators: Sequence[Evaluator], sources: Mapping[Source, Iterable],
                    evals: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, float]:
     """Every evaluator's metrics for one model; one that fails is logged with its error and left out."""
-    requests: dict[str, list] = collections.defaultdict(list)
+    requests: dict[Source, list] = collections.defaultdict(list)
     runnable = []
     for evaluator in evaluators:
         try:
-            for split, subset in evaluator.requests(model.modalities):
-                requests[split].append(tuple(subset))
+            for source, subset in evaluator.requests(model.modalities):
+                requests[source].append(tuple(subset))
             runnable.append(evaluator)
         except Exception as error:
             log.error("evaluator %r failed at step %s: %s", evaluator.name, model.step, error)
-    limits = {evals.train_split: evals.train_examples, evals.test_split: evals.test_examples}
+    limits = {}
+    for dataset, split in requests:
+        limit = {evals.train_split: evals.train_examples, evals.test_split: evals.test_examples}.get(split, 0)
+        limits[dataset, split] = limit
     ctx = EvalContext(model, mesh, sources, requests, limits)
     metrics: dict[str, float] = {}
     for evaluator in runnable:
@@ -100,15 +90,16 @@ class Watcher:
         self.log_path = os.path.join(self.workdir, "metrics", f"{EVAL_LOG}.jsonl")
         self.done = {int(row["step"]) for row in read_rows(self.log_path)}
         self.cfg = cfg
-        self._sources: dict[str, Iterable] | None = None
+        self._sources: dict[Source, Iterable] | None = None
         self.store: CheckpointStore | None = None
         self.given_up: set[int] = set()
         self.failures: collections.Counter = collections.Counter()
 
-    def data(self) -> dict[str, Iterable]:
-        """The evaluation splits, loaded on first use and kept for every checkpoint."""
+    def data(self) -> dict[Source, Iterable]:
+        """The evaluation (dataset, split)s, loaded on first use and kept for every checkpoint."""
         if self._sources is None:
-            self._sources = evaluation_data(self.cfg, self.evals)
+            needed = [source for evaluator in self.evaluators for source in evaluator.sources()]
+            self._sources = evaluation_data(self.cfg, self.evals, needed)
         return self._sources
 
     def _store_state(self, wait: bool) -> str:

@@ -29,6 +29,12 @@ MANIFEST, MODEL_CONFIG = "manifest.json", "model_config.json"
 VARIABLE_FILES = {"params": "params.npz", "batch_stats": "batch_stats.npz"}
 
 
+REPRESENTATIONS = {
+    "fusion": "fusion transformer CLS output Z, before the projection head",
+    "towers": "each modality's own vector (pooled or projected), concatenated in the order asked",
+}
+
+
 class ExportError(ValueError):
     """An export directory that is missing a file or does not match its model config."""
 
@@ -82,7 +88,7 @@ def manifest_for(model: FrozenModel, files: Sequence[str]) -> dict[str, Any]:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "comm_jax_version": comm_jax.__version__,
         "step": model.step, "modalities": list(model.modalities), "width": model.width,
-        "representation": "fusion transformer CLS output Z, before the projection head",
+        "representation": REPRESENTATIONS[cfg.get("architecture", "fusion")],
         "inputs": {m: {"shape": [None, *cfg["encoders"][m]["input_shape"]], "dtype": "float32"}
                    for m in model.modalities},
         "precision": cfg.get("precision", "float32"),
@@ -180,13 +186,12 @@ def export(workdir: str, output: str, *, step: int | None = None, cfg=None, spli
 
 def split_embeddings(model: FrozenModel, cfg, split: str, mesh) -> dict[str, np.ndarray]:
     """{"z": all modalities, "z_<m>": each modality alone, "label_<key>": labels} of one split."""
-    from comm_jax.evaluate import evaluation_data
-    from comm_jax.evaluators import resolve_config
+    from comm_jax.evaluators import DEFAULT_DATASET, resolve_config
+    from comm_jax.evaluators.data import evaluation_data
     from comm_jax.evaluators.features import extract_features
 
     evals = resolve_config(cfg.evals)
-    evals.train_split, evals.test_split = split, split
-    source = evaluation_data(cfg, evals)[split]
+    source = evaluation_data(cfg, evals, [(DEFAULT_DATASET, split)])[DEFAULT_DATASET, split]
     subsets = [model.modalities] + [(m,) for m in model.modalities]
     features = extract_features(model, source, subsets, mesh)
     out = {"z": features.z[model.modalities]}

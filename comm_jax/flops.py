@@ -1,5 +1,6 @@
 """Analytic FLOP counts (2 per multiply-add) of the model's convolutions, matmuls and attention,
-and of the contrastive losses, from the config alone; cross-checked against XLA's cost analysis.
+and of the method's objective (`Method.loss_flops`), from the config alone; cross-checked against
+XLA's cost analysis.
 
 Only matmul-like work is counted (elementwise ops, norms, softmax and the optimizer are not), and a
 train step is 3x the forward (backward = 2x forward, the usual convention for MFU).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from comm_jax import methods
 from comm_jax.models.fusion import comm_subsets
 from comm_jax.models.image_encoders import AlexNetFeatures
 
@@ -122,9 +124,36 @@ def modality_flops(spec: Mapping[str, Any], width: int, batch: int) -> tuple[int
     return total, tokens
 
 
+def _head(rows: int, width: int, cfg) -> int:
+    if cfg.get("projection", "mlp") == "linear":
+        return dense_flops(rows, width, cfg.head_out)
+    hidden = cfg.head_hidden
+    return dense_flops(rows, width, hidden) + dense_flops(rows, hidden, hidden) + dense_flops(rows, hidden, cfg.head_out)
+
+
+def _towers_forward(model_cfg, batch: int) -> dict[str, int]:
+    encoders = head = 0
+    for name in model_cfg.modalities:
+        spec = model_cfg.encoders[name]
+        kind = spec.get("encoder", "none")
+        if kind in IMAGE_ENCODERS:
+            total, (h, w, c) = IMAGE_ENCODERS[kind](batch, *tuple(spec["input_shape"]), **dict(spec.get("encoder_args", {})))
+            pooled_in = h * w * c if spec.get("pool", "flatten") == "flatten" else c
+        elif kind == "none":
+            total, pooled_in = 0, tuple(spec["input_shape"])[-1]
+        else:
+            raise ValueError(f"no FLOP formula for a towers encoder {kind!r}")
+        encoders += total + dense_flops(batch, pooled_in, model_cfg.latent)
+        head += _head(batch, model_cfg.latent, model_cfg)
+    return {"encoders": encoders, "fusion": 0, "head": head, "total": encoders + head}
+
+
 def model_forward(model_cfg, batch: int) -> dict[str, int]:
     """Forward FLOPs of one view through the model for `batch` examples, by part:
-    encoders (+ latent converters), fusion (n + 1 passes), head; and their `total`."""
+    encoders (+ latent converters or pooling), fusion (n + 1 passes; none for the towers), head;
+    and their `total`."""
+    if model_cfg.get("architecture", "fusion") == "towers":
+        return _towers_forward(model_cfg, batch)
     width, depth = model_cfg.width, model_cfg.depth
     mlp_ratio = model_cfg.get("mlp_ratio", 4)
     encoders, tokens = 0, []
@@ -135,42 +164,19 @@ def model_forward(model_cfg, batch: int) -> dict[str, int]:
     subsets = comm_subsets(len(tokens))
     fusion = sum(transformer_stack(batch, 1 + sum(tokens[i] for i in s), width, depth, mlp_ratio, cls_only=True)
                  for s in subsets)
-    rows = len(subsets) * batch
-    hidden, out = model_cfg.head_hidden, model_cfg.head_out
-    if model_cfg.get("projection", "mlp") == "linear":
-        head = dense_flops(rows, width, out)
-    else:
-        head = dense_flops(rows, width, hidden) + dense_flops(rows, hidden, hidden) + dense_flops(rows, hidden, out)
+    head = _head(len(subsets) * batch, width, model_cfg)
     return {"encoders": encoders, "fusion": fusion, "head": head, "total": encoders + fusion + head}
 
 
-def loss_forward(loss_name: str, n_modalities: int, batch: int, dim: int) -> int:
-    """Similarity-matmul FLOPs of one objective over a global `batch` of `dim`-d embeddings (the
-    same whether computed on one device or split as local rows x global columns)."""
-    n_emb = n_modalities + 1
-    pairs = n_modalities * (n_modalities - 1) // 2
-    nt_xent = 2 * dense_flops(2 * batch, dim, batch)        # cross and same-view blocks, 2 row groups
-    if loss_name == "comm":
-        return 3 * dense_flops(2 * n_emb * batch, dim, batch)
-    if loss_name == "simclr":
-        return nt_xent
-    if loss_name == "cmc":
-        return 2 * pairs * nt_xent
-    if loss_name == "cross_self":
-        return 2 * pairs * nt_xent + n_modalities * nt_xent
-    if loss_name == "cross":
-        return 2 * pairs * dense_flops(2 * batch, dim, batch)
-    raise ValueError(f"no FLOP formula for loss {loss_name!r}")
-
-
 def train_step(cfg, batch: int | None = None) -> dict[str, int]:
-    """FLOPs of one train step at global `batch` (default `cfg.batch_size`): both views forward,
-    the loss, and 3x for forward + backward. Keys: model_forward (one view), loss_forward, forward,
-    train_step."""
+    """FLOPs of one train step at global `batch` (default `cfg.batch_size`): every view the method
+    trains on forward, its objective, and 3x for forward + backward. Keys: model_forward (one view),
+    loss_forward, forward, train_step."""
     batch = batch or cfg.batch_size
+    method = methods.build(cfg)
     model = model_forward(cfg.model, batch)
-    loss = loss_forward(cfg.loss.name, len(cfg.model.modalities), batch, cfg.model.head_out)
-    forward = 2 * model["total"] + loss
+    loss = method.loss_flops(batch)
+    forward = len(method.views) * model["total"] + loss
     return {"model_forward": model["total"], "encoders_forward": model["encoders"],
             "fusion_forward": model["fusion"], "head_forward": model["head"],
             "loss_forward": loss, "forward": forward, "train_step": 3 * forward}

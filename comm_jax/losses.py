@@ -1,8 +1,8 @@
 """Contrastive objectives: CoMM's fused multimodal loss and the baselines (CLIP, Cross+Self, CMC, SimCLR).
 
-Every loss takes `view1`, `view2` of shape `[n_modalities + 1, batch, dim]` (not normalised): entry
-`e < n` is the embedding of the single-modality-masked input, the last entry the full multimodal
-one. Each returns `(loss, metrics)`.
+Embeddings are not normalised. CoMM's loss takes `[n_modalities + 1, batch, dim]` per view (entry
+`e < n` the single-modality-masked input's embedding, the last the full multimodal one); the
+baselines take unimodal stacks `[n_modalities, batch, dim]`. Each returns `(loss, metrics)`.
 
 With `axis_name` set (inside `jax.shard_map` with the batch sharded over that mesh axis or axes),
 the arrays are the device's local rows: each device all-gathers the embeddings once and scores its
@@ -13,7 +13,6 @@ device forms the global `N x N` logits, and the result equals the single-device 
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Sequence
 
 import jax
@@ -21,7 +20,6 @@ import jax.numpy as jnp
 
 AxisName = str | tuple[str, ...] | None
 
-LOG_MAX_LOGIT_SCALE = math.log(100.0)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -158,64 +156,56 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
     return loss, metrics
 
 
-def _modality_pairs(view: jax.Array) -> list[tuple[int, int]]:
-    n_modalities = view.shape[0] - 1
-    if n_modalities < 2:
-        raise ValueError("cross-modal losses need at least two modalities")
-    return list(itertools.combinations(range(n_modalities), 2))
+def _modality_pairs(z: jax.Array) -> list[tuple[int, int]]:
+    if z.shape[0] < 2:
+        raise ValueError(f"cross-modal losses need at least two modalities, got embeddings {z.shape}")
+    return list(itertools.combinations(range(z.shape[0]), 2))
 
 
-def clip_loss(view1: jax.Array, view2: jax.Array, log_logit_scale: jax.Array,
+def clip_loss(z: jax.Array, log_logit_scale: jax.Array,
               axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """CLIP's symmetric cross-entropy between unimodal embeddings (entries 0..n-1).
-
-    logit scale = exp(log_logit_scale) clamped at 100 (the learnable parameter starts at
-    log(1/0.07)). Averaged over modality pairs and over the two views (the reference feeds one
-    un-augmented view; two augmented ones give the same objective on twice the data).
-    """
-    scale = jnp.exp(jnp.minimum(log_logit_scale, LOG_MAX_LOGIT_SCALE))
+    """CLIP's symmetric cross-entropy between the unimodal embeddings `z` `[n, batch, dim]` of one
+    view, averaged over modality pairs; logit scale = exp(log_logit_scale) (the reference keeps the
+    parameter in [0, ln 100] by clamping it, see `comm_jax.methods.cross`)."""
+    scale = jnp.exp(log_logit_scale)
+    z = l2_normalize(z)
+    z_all, offset = _gather(z, axis_name, axis=1)
+    batch = _global_batch(z.shape[1], axis_name)
     terms, accs = [], []
-    for view in (view1, view2):
-        z = l2_normalize(view)
-        z_all, offset = _gather(z, axis_name, axis=1)
-        for i, j in _modality_pairs(view):
-            logits = _scores(jnp.stack([z[i], z[j]]), jnp.stack([z_all[j], z_all[i]]),
-                             "vrd,vnd->vrn", scale)
-            lse, positive, correct = _row_stats(logits, offset)
-            sums = _sum_over_devices(((lse - positive).sum(axis=1), correct[0].sum()), axis_name)
-            batch = _global_batch(view.shape[1], axis_name)
-            terms.append(sums[0].mean() / batch)
-            accs.append(100.0 * sums[1] / batch)
+    for i, j in _modality_pairs(z):
+        logits = _scores(jnp.stack([z[i], z[j]]), jnp.stack([z_all[j], z_all[i]]), "vrd,vnd->vrn", scale)
+        lse, positive, correct = _row_stats(logits, offset)
+        sums = _sum_over_devices(((lse - positive).sum(axis=1), correct[0].sum()), axis_name)
+        terms.append(sums[0].mean() / batch)
+        accs.append(100.0 * sums[1] / batch)
     loss = jnp.mean(jnp.stack(terms))
     return loss, {"clip_loss": loss, "ssl_acc": jnp.mean(jnp.stack(accs)), "logit_scale": scale}
 
 
-def cmc_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
+def cmc_loss(z: jax.Array, temperature: float = 0.1,
              axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """CMC: mean NT-Xent over every pair of unimodal embeddings, averaged over the two views."""
-    terms = [nt_xent(view[i], view[j], temperature, axis_name)
-             for view in (view1, view2) for i, j in _modality_pairs(view)]
+    """CMC: mean NT-Xent over every pair of the unimodal embeddings `z` `[n, batch, dim]`."""
+    terms = [nt_xent(z[i], z[j], temperature, axis_name) for i, j in _modality_pairs(z)]
     loss = jnp.mean(jnp.stack([t[0] for t in terms]))
     return loss, {"cross_loss": loss, "ssl_acc": jnp.mean(jnp.stack([t[1] for t in terms]))}
 
 
-def cross_self_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
+def cross_self_loss(cross: jax.Array, view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
                     ssl_scale: float = 1.0,
                     axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Cross+Self: cross-modal NT-Xent (as CMC) plus `ssl_scale` times the mean over modalities of
-    SimCLR's NT-Xent between the two views of each unimodal embedding (the reference's
-    cross + ssl_scale * (ssl_1 + ssl_2) / 2 for two modalities)."""
-    cross, cross_metrics = cmc_loss(view1, view2, temperature, axis_name)
-    n_modalities = view1.shape[0] - 1
-    selfs = [nt_xent(view1[i], view2[i], temperature, axis_name) for i in range(n_modalities)]
+    """Cross+Self: the cross-modal NT-Xent of `cross` (as CMC) plus `ssl_scale` times the mean over
+    modalities of SimCLR's NT-Xent between `view1[i]` and `view2[i]` (all `[n, batch, dim]`): the
+    reference's cross + ssl_scale * (ssl_1 + ssl_2) / 2 for two modalities."""
+    cross_loss, cross_metrics = cmc_loss(cross, temperature, axis_name)
+    selfs = [nt_xent(view1[i], view2[i], temperature, axis_name) for i in range(view1.shape[0])]
     self_loss = jnp.mean(jnp.stack([s[0] for s in selfs]))
-    metrics = {"cross_loss": cross, "self_loss": self_loss, "ssl_acc": cross_metrics["ssl_acc"]}
+    metrics = {"cross_loss": cross_loss, "self_loss": self_loss, "ssl_acc": cross_metrics["ssl_acc"]}
     metrics |= {f"self_acc_{i}": s[1] for i, s in enumerate(selfs)}
-    return cross + ssl_scale * self_loss, metrics
+    return cross_loss + ssl_scale * self_loss, metrics
 
 
-def simclr_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1, index: int = -1,
+def simclr_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
                 axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """SimCLR between the two views of one embedding (`index`: a modality, or -1 for the full one)."""
-    loss, acc = nt_xent(view1[index], view2[index], temperature, axis_name)
+    """SimCLR's NT-Xent between the two views `[batch, dim]` of one embedding."""
+    loss, acc = nt_xent(view1, view2, temperature, axis_name)
     return loss, {"ssl_acc": acc}

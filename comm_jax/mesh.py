@@ -1,4 +1,4 @@
-"""Device mesh from the config, batch sharding, and regex rules that shard large parameters.
+"""Device mesh from the config, batch sharding and placement, and regex rules that shard large parameters.
 
 `config.mesh` is a sequence of (axis name, size) with at most one size -1 that fills the remaining
 devices, e.g. `[("data", -1)]` or `[("data", -1), ("fsdp", 4)]`. The batch is sharded over every
@@ -81,3 +81,11 @@ def param_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, Sequence]] = ()
         return NamedSharding(mesh, P())
 
     return jax.tree_util.tree_map_with_path(choose, tree)
+
+
+def put_batch(batch, mesh: Mesh):
+    """Per-host numpy batch -> global arrays sharded over the mesh along their first axis
+    (`jax.make_array_from_process_local_data`)."""
+    def put(x):
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), x)
+    return jax.tree.map(put, batch)

@@ -14,13 +14,12 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
-from comm_jax import distributed
+from comm_jax import config_schema, distributed
 from comm_jax.checkpoints import CheckpointStore, clear_complete, first_difference_in, mark_complete
-from comm_jax.mesh import make_mesh
+from comm_jax.mesh import make_mesh, put_batch
 from comm_jax.metrics_log import MetricsWriter, Throughput, progress_line, say
-from comm_jax.train_state import abstract_state, create_train_state
-from comm_jax.train_step import make_train_step, put_batch
-from configs import common
+from comm_jax.train_state import abstract_state
+from comm_jax.train_step import build_train_step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,7 +39,7 @@ def _device_prefetch(batches: Iterator, mesh, size: int = 2) -> Iterator:
 
 def _check_resumable(saved: dict[str, Any], cfg: ml_collections.ConfigDict, step: int) -> None:
     """Refuse to resume a checkpoint whose model, loss or data differ from the current config."""
-    current = common.to_json_dict(cfg)
+    current = config_schema.to_json_dict(cfg)
     key = first_difference_in(saved, current, ("model", "loss", "data", "precision", "mesh", "param_sharding"))
     if key is not None:
         raise ValueError(f"checkpoint at step {step} was written with a different config: {key} differs "
@@ -52,12 +51,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logged metrics row."""
     from input_pipeline.pipeline import make_train_iterator
 
-    common.validate(cfg)
     primary = jax.process_index() == 0
     mesh = make_mesh(cfg.mesh)
-    if cfg.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {mesh.size} devices")
-    graphdef, state, shardings, tx, schedule = create_train_state(cfg, mesh)
+    built = build_train_step(cfg, mesh)
+    state, shardings = built.state, built.shardings
     store = CheckpointStore(workdir, save_every=cfg.ckpt_every, keep=cfg.keep_ckpts,
                             keep_every=cfg.keep_every or None)
     start = store.latest_step() or 0
@@ -69,7 +66,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         clear_complete(workdir)
     position = start
     local_batch = cfg.batch_size // jax.process_count()
-    batches = make_train_iterator(cfg.data, batch_size=local_batch, seed=cfg.seed,
+    batches = make_train_iterator(cfg.data, built.spec, batch_size=local_batch, seed=cfg.seed,
                                   process_index=jax.process_index(), process_count=jax.process_count(),
                                   position=position)
     device_batches = _device_prefetch(batches, mesh)
@@ -77,9 +74,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log = MetricsWriter(workdir, "train", enabled=primary, keep_until_step=start)
 
     first = next(device_batches)
-    train_step = make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, first)
     t0 = time.perf_counter()
-    compiled = train_step.lower(state, first).compile()
+    compiled = built.step.lower(state, first).compile()
     compile_seconds = time.perf_counter() - t0
     say(f"compiled train step in {compile_seconds:.1f}s; {cfg.num_steps - start} steps to go, global batch "
             f"{cfg.batch_size} on {mesh.size} device(s) {dict(mesh.shape)}")

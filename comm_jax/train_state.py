@@ -1,5 +1,5 @@
-"""Train state (step, parameters, batch statistics, optimizer state), AdamW with the reference's
-weight-decay exemptions, and sharded initialisation on a mesh."""
+"""Train state (step, parameters, batch statistics, optimizer state) of a method's trainable, AdamW
+with the reference's weight-decay exemptions, and sharded initialisation on a mesh."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from comm_jax.mesh import param_shardings
-from comm_jax.models import build_model
+from comm_jax.methods import Method
+from comm_jax.models import split_model
 
 
 @flax.struct.dataclass
@@ -55,36 +56,34 @@ def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformatio
     return tx, schedule
 
 
-def split_model(model: nnx.Module):
-    """(graph definition, parameters, batch statistics); anything else in the model is an error."""
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, params, batch_stats
-
-
-def create_train_state(cfg, mesh: Mesh):
-    """Build the model, optimizer and a train state laid out on `mesh` by `cfg.param_sharding`.
-    Returns (graphdef, state, state_shardings, tx, schedule)."""
-    model = build_model(cfg.model, seed=cfg.seed)
-    graphdef, params, batch_stats = split_model(model)
+def _init_state(cfg, method: Method, abstract: bool):
+    def build():
+        return method.build(nnx.Rngs(params=cfg.seed))
+    trainable = nnx.eval_shape(build) if abstract else build()
+    graphdef, params, batch_stats = split_model(trainable)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps)
 
     def init(params, batch_stats):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                           opt_state=tx.init(params))
 
+    return graphdef, params, batch_stats, init, tx, schedule
+
+
+def create_train_state(cfg, mesh: Mesh, method: Method):
+    """Build the method's trainable (model + extra parameters), the optimizer and a train state laid
+    out on `mesh` by `cfg.param_sharding`. Returns (graphdef, state, state_shardings, tx, schedule)."""
+    graphdef, params, batch_stats, init, tx, schedule = _init_state(cfg, method, abstract=False)
     abstract = jax.eval_shape(init, params, batch_stats)
     shardings = param_shardings(abstract, mesh, [tuple(r) for r in cfg.get("param_sharding", ())])
     state = jax.jit(init, out_shardings=shardings)(params, batch_stats)
     return graphdef, state, shardings, tx, schedule
 
 
-def abstract_train_state(cfg, mesh: Mesh):
+def abstract_train_state(cfg, mesh: Mesh, method: Method):
     """Like `create_train_state` but allocates nothing: ShapeDtypeStructs with their shardings, for
     ahead-of-time compilation. Returns (graphdef, abstract state, state_shardings, tx, schedule)."""
-    model = nnx.eval_shape(lambda: build_model(cfg.model, seed=cfg.seed))
-    graphdef, params, batch_stats = split_model(model)
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps)
-    init = lambda p, b: TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=b, opt_state=tx.init(p))
+    graphdef, params, batch_stats, init, tx, schedule = _init_state(cfg, method, abstract=True)
     abstract = jax.eval_shape(init, params, batch_stats)
     shardings = param_shardings(abstract, mesh, [tuple(r) for r in cfg.get("param_sharding", ())])
     return graphdef, abstract_state(abstract, shardings), shardings, tx, schedule

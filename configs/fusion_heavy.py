@@ -8,7 +8,8 @@ synthetic features; training on real features needs a TFDS builder of them in `d
 
 get_config(arg) tokens (comma-separated):
   cpu          sized for a 2-core CPU: width 128, 2 layers, 4 heads, 32 tokens per modality
-  loss=NAME    comm (default), cross, cross_self, cmc, simclr
+  loss=NAME    comm (default) trains the fusion model; cross, cross_self, cmc train per-modality towers
+               over the same token features (mean-pooled), for comparison
   tokens=N     tokens per modality (default 128, or 32 with `cpu`)
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from comm_jax import methods
 from configs import common
 
 MODALITIES = ("image", "text")
@@ -29,9 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"config argument tokens={n_tokens} must be positive")
 
     c = common.base_config()
-    c.loss.name = tokens.get("loss", "comm")
-    if c.loss.name not in common.LOSSES:
-        raise ValueError(f"config argument loss={c.loss.name!r} must be one of {common.LOSSES}")
+    c.loss.name = common.method_name(tokens)
+    method = methods.get(c.loss.name)
     c.batch_size = 64
     c.num_steps = 10_000
     if cpu:
@@ -42,10 +43,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model = ml_collections.ConfigDict(dict(width=768, depth=12, heads=12, mlp_ratio=4,
                                                  head_hidden=512, head_out=256))
     width = c.model.width
-    c.model.modalities = MODALITIES
-    c.model.encoders = {m: dict(encoder="none", adapter="identity", input_shape=(n_tokens, width))
-                        for m in MODALITIES}
-    c.model.logit_scale = c.loss.name == "cross"
+    c.model.architecture = "fusion"
+    if method.architecture == "towers":
+        c.model = ml_collections.ConfigDict(dict(
+            architecture="towers", latent=width, head_hidden=c.model.head_hidden, head_out=c.model.head_out,
+            projection="linear" if c.loss.name == "cross" else "mlp",
+            representation="projected" if c.loss.name == "cross" else "pooled"))
+    modalities = MODALITIES[:method.max_modalities or len(MODALITIES)]
+    c.model.modalities = modalities
+    c.model.encoders = {m: dict(encoder="none", adapter="identity", pool="mean", input_shape=(n_tokens, width))
+                        for m in modalities}
     c.model.precision = c.get_ref("precision")
 
     c.data = ml_collections.ConfigDict(dict(
@@ -53,8 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         data_dir=ml_collections.config_dict.placeholder(str),
         prepare=False,
         train_split="train",
-        modalities={m: m for m in MODALITIES},
-        augment={},
+        modalities={m: m for m in modalities},
+        views={v: {} for v in method.views},
     ))
     c.evals = ml_collections.ConfigDict()
     return c

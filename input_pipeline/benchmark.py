@@ -23,7 +23,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import input_pipeline  # noqa: F401  (registers the TFDS builders)
-from configs.common import simclr_image_ops
+from comm_jax.batch import BatchSpec
+from comm_jax.view_recipes import simclr_image_ops
 from input_pipeline import pipeline
 
 
@@ -36,10 +37,13 @@ def benchmark_config(name: str, *, data_dir: str | None, modalities: Sequence[st
     data_cfg = ml_collections.ConfigDict({
         "name": name, "data_dir": data_dir, "train_split": "train",
         "modalities": {modality: modality for modality in modalities},
-        "augment": {modality: simclr_image_ops(size) for modality in modalities},
     })
+    ops = simclr_image_ops(size)
+    spec = BatchSpec(input_shapes={m: (size, size, 3) for m in modalities},
+                     views={v: {m: ops for m in modalities} for v in ("view1", "view2")},
+                     on_device=False, variable_length=())
     started = time.perf_counter()
-    iterator = pipeline.make_train_iterator(data_cfg, batch_size=batch_size, seed=0)
+    iterator = pipeline.make_train_iterator(data_cfg, spec, batch_size=batch_size, seed=0)
     batch = next(iterator)
     startup = time.perf_counter() - started
     for _ in range(warmup - 1):
@@ -56,7 +60,7 @@ def benchmark_config(name: str, *, data_dir: str | None, modalities: Sequence[st
         "examples_per_s": statistics.median(window_rates),
         "images_per_s": statistics.median(window_rates) * 2 * len(modalities),
         "window_examples_per_s": window_rates, "startup_s": startup,
-        "batch_shape": list(batch["view1"][modalities[0]].shape),
+        "batch_shape": list(batch["views"]["view1"][modalities[0]].shape),
     }
 
 

@@ -1,4 +1,4 @@
-"""tf.data pipelines over any TFDS builder: resumable two-view training batches, padded eval batches.
+"""tf.data pipelines over any TFDS builder: resumable training batches of augmented views, padded eval batches.
 
 A split is loaded once into host memory (images stay PNG/JPEG bytes) and checked record by
 record; batches are then built by gathering examples by index, decoding and augmenting them in a
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import zlib
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from comm_jax.batch import VIEW_IDS, BatchSpec, modality_salt
 from input_pipeline import augment
 from input_pipeline.iterator_state import TrainStream
 
@@ -35,6 +35,7 @@ class LoadedSplit:
     columns: dict[str, np.ndarray]
     ids: np.ndarray
     image_shapes: dict[str, tuple[int, int, int]]
+    variable_length: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def num_examples(self) -> int:
@@ -79,6 +80,9 @@ def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | No
             declared = tuple(features[key].shape)
             loaded.image_shapes[key] = _check_image_shapes(loaded, key, values, declared)
             loaded.columns[key] = np.array(values, dtype=object)
+        elif _is_variable_length(features[key]):
+            loaded.columns[key] = _sequences_checked(loaded, key, values)
+            loaded.variable_length.add(key)
         else:
             loaded.columns[key] = _stack_checked(loaded, key, values)
     return loaded
@@ -111,6 +115,26 @@ def _check_image_shapes(loaded: LoadedSplit, key: str, values: list[bytes],
     return expected
 
 
+def _is_variable_length(feature) -> bool:
+    shape = getattr(feature, "shape", ())
+    return len(shape) >= 1 and shape[0] is None
+
+
+def _sequences_checked(loaded: LoadedSplit, key: str, values: list[np.ndarray]) -> np.ndarray:
+    """Variable-length sequences `[t_i, ...]` kept apart (object array), checked for equal trailing
+    shapes and finite values."""
+    trailing = np.shape(values[0])[1:]
+    for index, value in enumerate(values):
+        if np.shape(value)[1:] != trailing:
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} has steps of shape {np.shape(value)[1:]}, "
+                             f"expected {trailing} like the first record")
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} contains NaN or inf")
+    out = np.empty(len(values), dtype=object)
+    out[:] = [np.asarray(v) for v in values]
+    return out
+
+
 def _stack_checked(loaded: LoadedSplit, key: str, values: list[np.ndarray]) -> np.ndarray:
     first_shape = np.shape(values[0])
     for index, value in enumerate(values):
@@ -125,9 +149,8 @@ def _stack_checked(loaded: LoadedSplit, key: str, values: list[np.ndarray]) -> n
 def example_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor, view: int,
                  modality: str) -> tf.Tensor:
     """Stateless seed [2] of one augmented input, a pure function of its coordinates."""
-    modality_salt = zlib.crc32(modality.encode()) & 0x7FFFFFFF
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    for data in (tf.cast(index, tf.int64), view, modality_salt):
+    for data in (tf.cast(index, tf.int64), view, modality_salt(modality)):
         key = tf.random.experimental.stateless_fold_in(key, data)
     return key
 
@@ -137,9 +160,18 @@ class _ExampleReader:
 
     def __init__(self, loaded: LoadedSplit):
         self._loaded = loaded
-        self._columns = {key: tf.constant(column) for key, column in loaded.columns.items()}
+        self._columns = {}
+        for key, column in loaded.columns.items():
+            if key in loaded.variable_length:
+                lengths = np.array([len(v) for v in column], np.int64)
+                splits = np.concatenate([[0], np.cumsum(lengths)])
+                self._columns[key] = tf.RaggedTensor.from_row_splits(np.concatenate(list(column)), splits)
+            else:
+                self._columns[key] = tf.constant(column)
 
     def read(self, key: str, index: tf.Tensor) -> tf.Tensor:
+        if key in self._loaded.variable_length:
+            return self._columns[key][index]
         value = tf.gather(self._columns[key], index)
         if key in self._loaded.image_shapes:
             shape = self._loaded.image_shapes[key]
@@ -151,19 +183,6 @@ class _ExampleReader:
 def _finish(x: tf.Tensor) -> tf.Tensor:
     """Images that no op converted are handed out as float32 in [0, 1] like augmented ones."""
     return augment.to_unit_float(x) if x.dtype == tf.uint8 else x
-
-
-def _view_specs(data_cfg, modalities: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """Op spec per (modality, view); ``augment[m]`` is one spec for both views or a pair."""
-    specs = _per_modality(data_cfg, "augment", modalities)
-    views = {}
-    for modality in modalities:
-        spec = specs.get(modality, "")
-        pair = (spec, spec) if isinstance(spec, str) else tuple(spec)
-        if len(pair) != 2:
-            raise ValueError(f"data.augment.{modality} must be a spec or a pair of specs, got {spec!r}")
-        views[modality] = pair
-    return views
 
 
 def _per_modality(data_cfg, key: str, modalities: Mapping[str, str]) -> dict[str, Any]:
@@ -190,10 +209,10 @@ def _load_for(data_cfg, split: str, keys: Sequence[str]) -> LoadedSplit:
 
 
 class TrainIterator:
-    """Endless iterator of two-view training batches with an exact, JSON-able position.
+    """Endless iterator of training batches with an exact, JSON-able position.
 
-    Each ``next()`` gives ``{"view1": {modality: [B, ...]}, "view2": {modality: [B, ...]}}``;
-    images are float32 [B, H, W, C].
+    Each ``next()`` gives a batch in the layout of `comm_jax.batch`; images are float32 [B, H, W, C]
+    (or uint8 when the views are drawn on the devices).
     """
 
     def __init__(self, dataset_from: Callable[[int], tf.data.Dataset], stream: TrainStream,
@@ -228,48 +247,70 @@ class TrainIterator:
         self._restart(self.stream.position_from_state(dict(state)))
 
 
-def make_train_iterator(data_cfg, *, batch_size: int, seed: int, process_index: int = 0,
+def pad_steps(x: tf.Tensor, steps: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """A sequence `[t, features]` cut or zero-padded at the end to `[steps, features]`, and its
+    key-padding mask `[steps]` (True on the kept steps)."""
+    x = x[:steps]
+    kept = tf.shape(x)[0]
+    padded = tf.pad(x, [[0, steps - kept]] + [[0, 0]] * (len(x.shape) - 1))
+    return tf.ensure_shape(padded, [steps, *x.shape[1:]]), tf.range(steps) < kept
+
+
+def make_train_iterator(data_cfg, spec: BatchSpec, *, batch_size: int, seed: int, process_index: int = 0,
                         process_count: int = 1, position: int = 0) -> TrainIterator:
-    """Training iterator of this process: per-host batches of two independently augmented views.
+    """Training iterator of this process: per-host batches in the layout of `spec` (a
+    `comm_jax.batch.BatchSpec`: the views and their ops, where they are drawn, which modalities are
+    variable-length sequences padded to their input length with a mask).
 
     Reads ``data_cfg.name``, ``data_dir`` (None), ``train_split`` ("train"), ``modalities``
-    {modality: feature key}, ``augment`` {modality: spec or (spec_view1, spec_view2)} (missing:
-    no augmentation), ``shuffle`` (True), ``prepare`` (False: fail when the data is not built),
-    ``augment_on_device`` (False; True: batches are ``{"raw": {modality: uint8 [B, H, W, C]},
-    "key": uint32 [B, 2]}``, a PRNG key per example drawn from (seed, epoch, index), and the train
-    step augments them, see `comm_jax.device_augment`).
+    {modality: feature key}, ``shuffle`` (True), ``prepare`` (False: fail when the data is not built).
+    With ``spec.on_device`` batches are ``{"raw": {modality: uint8 [B, H, W, C]}, "key": uint32
+    [B, 2]}``, a PRNG key per example drawn from (seed, epoch, index), and the train step draws the
+    views (`comm_jax.device_augment`); otherwise ``{"views": {view: {modality: [B, ...]}}}`` plus
+    ``"valid"`` masks for variable-length modalities.
     `batch_size` is the per-host batch; `position` the number of batches already consumed.
     """
     modalities = _modalities(data_cfg)
-    view_specs = _view_specs(data_cfg, modalities)
+    if sorted(modalities) != sorted(spec.modalities):
+        raise ValueError(f"data.modalities {sorted(modalities)} differ from the model's {sorted(spec.modalities)}")
     loaded = _load_for(data_cfg, data_cfg.get("train_split", "train"), sorted(set(modalities.values())))
     stream = TrainStream(num_examples=loaded.num_examples, seed=int(seed), batch_size=batch_size,
                          process_index=process_index, process_count=process_count,
                          shuffle=bool(data_cfg.get("shuffle", True)))
     reader = _ExampleReader(loaded)
-    on_device = bool(data_cfg.get("augment_on_device", False))
-    if on_device:
+    if spec.on_device:
         not_images = sorted(m for m, key in modalities.items() if key not in loaded.image_shapes)
         if not_images:
             raise ValueError(f"data.augment_on_device supports image modalities only; {not_images} are not "
                              f"images (augment them in tf.data: augment_on_device=False)")
         view_ops = {}
     else:
-        view_ops = {(modality, view): augment.parse(view_specs[modality][view - 1])
-                    for modality in modalities for view in (1, 2)}
+        view_ops = {}
+        for view, specs in spec.views.items():
+            for modality, op_spec in specs.items():
+                try:
+                    view_ops[view, modality] = augment.parse(op_spec)
+                except ValueError as error:
+                    raise ValueError(f"config.data.views.{view}.{modality}: {error}") from None
+    steps = {m: spec.input_shapes[m][0] for m in spec.variable_length}
 
     @tf.autograph.experimental.do_not_convert
-    def two_views(epoch: tf.Tensor, index: tf.Tensor) -> Batch:
-        if on_device:        # decoded uint8 images, once, and the example's key: the step draws both views
+    def example_views(epoch: tf.Tensor, index: tf.Tensor) -> Batch:
+        if spec.on_device:   # decoded uint8 images, once, and the example's key: the step draws the views
             key = example_seed(stream.seed, epoch, index, 0, "device")
             return {"raw": {modality: reader.read(feature, index) for modality, feature in modalities.items()},
                     "key": tf.bitcast(tf.cast(key, tf.int32), tf.uint32)}
-        example = {"view1": {}, "view2": {}}
+        example: Batch = {"views": {view: {} for view in spec.views}}
+        if steps:
+            example["valid"] = {view: {} for view in spec.views}
         for modality, key in modalities.items():
             raw = reader.read(key, index)
-            for view in (1, 2):
-                op_seed = example_seed(stream.seed, epoch, index, view, modality)
-                example[f"view{view}"][modality] = _finish(view_ops[modality, view](raw, op_seed))
+            for view in spec.views:
+                op_seed = example_seed(stream.seed, epoch, index, VIEW_IDS[view], modality)
+                x = _finish(view_ops[view, modality](raw, op_seed))
+                if modality in steps:
+                    x, example["valid"][view][modality] = pad_steps(x, steps[modality])
+                example["views"][view][modality] = x
         return example
 
     def dataset_from(position: int) -> tf.data.Dataset:
@@ -282,9 +323,9 @@ def make_train_iterator(data_cfg, *, batch_size: int, seed: int, process_index: 
                 yield np.full(len(indices), epoch, np.int64), indices
                 epoch, start = epoch + 1, 0
 
-        spec = tf.TensorSpec([None], tf.int64)
-        indices = tf.data.Dataset.from_generator(epochs, output_signature=(spec, spec)).unbatch()
-        return (indices.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        signature = tf.TensorSpec([None], tf.int64)
+        indices = tf.data.Dataset.from_generator(epochs, output_signature=(signature, signature)).unbatch()
+        return (indices.map(example_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=True)
                 .prefetch(tf.data.AUTOTUNE))
 
@@ -316,16 +357,20 @@ class EvalIterator:
 
 
 def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: int = 0,
-                       process_count: int = 1, labels: Sequence[str] = ()) -> EvalIterator:
+                       process_count: int = 1, labels: Sequence[str] = (),
+                       steps: Mapping[str, int] | None = None) -> EvalIterator:
     """Un-augmented batches of this process's share (``index % process_count == process_index``).
 
     Reads ``data_cfg.name``, ``data_dir``, ``modalities``, ``eval_ops`` {modality: spec} (default
     "normalize" for image features, no op otherwise) and, when `labels` is empty, ``labels``
-    (feature keys returned under ``"labels"``; any feature, e.g. "id", may be one).
+    (feature keys returned under ``"labels"``; any feature, e.g. "id", may be one). `steps`
+    {modality: length}: variable-length modalities, padded or cut to that length, with their masks
+    under ``"valid"``.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     modalities = _modalities(data_cfg)
+    steps = dict(steps or {})
     label_keys = list(labels) or list(data_cfg.get("labels", None) or [])
     loaded = _load_for(data_cfg, split, sorted(set(modalities.values()) | set(label_keys)))
     specs = _per_modality(data_cfg, "eval_ops", modalities)
@@ -342,12 +387,15 @@ def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: 
     @tf.autograph.experimental.do_not_convert
     def example(index: tf.Tensor) -> Batch:
         safe_index = tf.maximum(index, 0)
-        inputs = {}
+        inputs, valid = {}, {}
         for modality, key in modalities.items():
             op_seed = example_seed(0, 0, safe_index, 0, modality)
             inputs[modality] = _finish(ops[modality](reader.read(key, safe_index), op_seed))
-        return {"inputs": inputs, "mask": index >= 0, "index": index,
-                "labels": {key: reader.read(key, safe_index) for key in label_keys}}
+            if modality in steps:
+                inputs[modality], valid[modality] = pad_steps(inputs[modality], steps[modality])
+        out = {"inputs": inputs, "mask": index >= 0, "index": index,
+               "labels": {key: reader.read(key, safe_index) for key in label_keys}}
+        return out | ({"valid": valid} if valid else {})
 
     dataset = (tf.data.Dataset.from_tensor_slices(padded)
                .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -17,7 +17,6 @@ unweighted probe can score exactly 50 on features that carry it (see configs/tri
     python launch/trifeatures_table.py --variant=cpu --root=workdirs/table [--seeds=3] [--methods=comm,cross,cross_self]
     python launch/trifeatures_table.py --variant=cpu --res=64 --seeds=1 --override num_steps=4000 --root=workdirs/table64
     python launch/trifeatures_table.py --variant=cpu --res=64 --crop=0.5 --seeds=1 --override num_steps=4000 --root=workdirs/table64c
-    python launch/trifeatures_table.py --variant=cpu --cross_head=mlp ...     # Cross as trained before session 8
     python launch/trifeatures_table.py --variant=full --root=/shared/table          # GPU
 """
 
@@ -71,13 +70,10 @@ def final_metrics(workdir: str) -> dict[str, float] | None:
     return next((r for r in reversed(rows) if r["step"] == final), None)
 
 
-def config_arg(variant: str, res: int | None, method: str, biased: bool, crop: float | None = None,
-               cross_head: str | None = None) -> str:
-    """The `--config` argument of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,loss=comm,bias=true.
-    `cross_head` (linear or mlp) picks Cross's projection; the other methods keep their MLP head."""
+def config_arg(variant: str, res: int | None, method: str, biased: bool, crop: float | None = None) -> str:
+    """The `--config` argument of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,loss=comm,bias=true."""
     tokens = ["cpu" if variant == "cpu" else "", f"res={res}" if res else "", f"crop={crop:g}" if crop is not None else "",
-              f"loss={method}", "bias=true" if biased else "",
-              f"head={cross_head}" if cross_head and method == "cross" else ""]
+              f"loss={method}", "bias=true" if biased else ""]
     return "configs/trifeatures.py:" + ",".join(filter(None, tokens))
 
 
@@ -127,7 +123,7 @@ def check_same_run(workdir: str, final: int, config: str, overrides: list[str]) 
 
 
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
-    config = config_arg(args.variant, args.res, method, biased, args.crop, args.cross_head)
+    config = config_arg(args.variant, args.res, method, biased, args.crop)
     workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
     if args.data_dir:
@@ -173,10 +169,8 @@ def target_checks(table) -> dict[str, dict[str, bool]]:
     return checks
 
 
-def markdown(table, n_seeds: int, variant: str, checks, res: int | None = None, crop: float | None = None,
-             cross_head: str | None = None) -> str:
+def markdown(table, n_seeds: int, variant: str, checks, res: int | None = None, crop: float | None = None) -> str:
     size = (f" at {res} px" if res else "") + (f", SimCLR crops from {crop:.0%} of the area" if crop is not None else "")
-    size += f", Cross with the {cross_head} projection" if cross_head and "cross" in table else ""
     lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant{size}, mean ± std over {n_seeds} seed(s); "
              "paper in brackets. S_bal: the same features, class-balanced probe (the paper has no such column).",
              "", "| method | R | U | S | S_bal |", "| --- | --- | --- | --- | --- |"]
@@ -221,9 +215,6 @@ def main() -> None:
                         help="image size (default: the variant's, 32 px for cpu and 224 px for full)")
     parser.add_argument("--crop", type=float, default=None,
                         help="smallest crop area of the SimCLR views (config token crop=; default: the config's)")
-    parser.add_argument("--cross_head", choices=("linear", "mlp"), default=None,
-                        help="Cross's projection (config token head=; default: the config's, linear as the reference; "
-                             "mlp reproduces the tables written before session 8)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default="comm,cross,cross_self")
     parser.add_argument("--data_dir", default=None)
@@ -248,13 +239,13 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
-        json.dump({"variant": args.variant, "res": args.res, "crop": args.crop, "cross_head": args.cross_head,
+        json.dump({"variant": args.variant, "res": args.res, "crop": args.crop,
                    "seeds": args.seeds, "per_seed": results,
                    "table": {m: {t: {"mean": v[0], "std": v[1]} for t, v in row.items()} for m, row in table.items()},
                    "paper": PAPER, "targets": checks, "command": " ".join(sys.argv), "commit": commit,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
-    text = markdown(table, args.seeds, args.variant, checks, args.res, args.crop, args.cross_head)
+    text = markdown(table, args.seeds, args.variant, checks, args.res, args.crop)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     bar_chart(table, os.path.join(args.root, "table.png"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs.common import simclr_image_ops
+from comm_jax.view_recipes import simclr_image_ops
 from input_pipeline import augment
 
 SIZE = 32

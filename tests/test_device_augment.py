@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from comm_jax import device_augment as da
-from configs.common import simclr_image_ops
+from comm_jax.view_recipes import simclr_image_ops
 from input_pipeline import augment as host
 
 

@@ -37,14 +37,14 @@ def np_comm(v1, v2, tau, weights=None):
     return np.mean(np.asarray(terms) * w), terms, np.mean(accs)
 
 
-def np_clip(v1, v2, scale):
+def np_clip(z, scale):
+    """CLIP over the unimodal embeddings `z` `[n, B, D]` of one view, mean over modality pairs."""
     terms = []
-    for v in (v1, v2):
-        z = np_normalize(v.astype(np.float64))
-        for i, j in itertools.combinations(range(len(v) - 1), 2):
-            logits = scale * z[i] @ z[j].T
-            ce = lambda l: np.mean(np.log(np.exp(l).sum(1)) - np.diag(l))
-            terms.append((ce(logits) + ce(logits.T)) / 2)
+    z = np_normalize(z.astype(np.float64))
+    for i, j in itertools.combinations(range(len(z)), 2):
+        logits = scale * z[i] @ z[j].T
+        ce = lambda l: np.mean(np.log(np.exp(l).sum(1)) - np.diag(l))
+        terms.append((ce(logits) + ce(logits.T)) / 2)
     return np.mean(terms)
 
 
@@ -93,31 +93,38 @@ def test_comm_loss_perfect_alignment_is_low_and_accurate():
 
 
 def test_baselines_match_numpy():
-    v1, v2 = views(6, 4, 10, 12)   # 3 modalities + full
+    weak, v1, v2 = views(6, 3, 10, 12) + views(16, 3, 10, 12)[:1]   # 3 modalities, no fused entry
     tau = 0.2
     pairs = list(itertools.combinations(range(3), 2))
-    cmc_ref = np.mean([np_nt_xent(v[i], v[j], tau)[0] for v in (v1, v2) for i, j in pairs])
-    np.testing.assert_allclose(losses.cmc_loss(v1, v2, tau)[0], cmc_ref, rtol=1e-5)
+    cmc_ref = np.mean([np_nt_xent(weak[i], weak[j], tau)[0] for i, j in pairs])
+    np.testing.assert_allclose(losses.cmc_loss(weak, tau)[0], cmc_ref, rtol=1e-5)
     self_ref = np.mean([np_nt_xent(v1[i], v2[i], tau)[0] for i in range(3)])
-    np.testing.assert_allclose(losses.cross_self_loss(v1, v2, tau, ssl_scale=0.7)[0], cmc_ref + 0.7 * self_ref, rtol=1e-5)
-    np.testing.assert_allclose(losses.simclr_loss(v1, v2, tau, index=1)[0], np_nt_xent(v1[1], v2[1], tau)[0], rtol=1e-5)
-    log_scale = jnp.log(1 / 0.07)
-    np.testing.assert_allclose(losses.clip_loss(v1, v2, log_scale)[0], np_clip(v1, v2, 1 / 0.07), rtol=1e-5)
-    # the logit scale is clamped at 100
-    np.testing.assert_allclose(losses.clip_loss(v1, v2, jnp.log(500.0))[0], np_clip(v1, v2, 100.0), rtol=1e-5)
+    np.testing.assert_allclose(losses.cross_self_loss(weak, v1, v2, tau, ssl_scale=0.7)[0],
+                               cmc_ref + 0.7 * self_ref, rtol=1e-5)
+    np.testing.assert_allclose(losses.simclr_loss(v1[1], v2[1], tau)[0], np_nt_xent(v1[1], v2[1], tau)[0], rtol=1e-5)
+    for scale in (1 / 0.07, 100.0, 500.0):       # the loss takes the scale as given (clamping is the method's)
+        np.testing.assert_allclose(losses.clip_loss(weak, jnp.log(scale))[0], np_clip(weak, scale), rtol=1e-5)
+
+
+BASELINES = {
+    "cmc": lambda w, a, b, axis_name=None: losses.cmc_loss(w, axis_name=axis_name),
+    "cross_self": lambda w, a, b, axis_name=None: losses.cross_self_loss(w, a, b, axis_name=axis_name),
+    "clip": lambda w, a, b, axis_name=None: losses.clip_loss(w, jnp.log(1 / 0.07), axis_name=axis_name),
+}
 
 
 def test_losses_invariant_to_common_batch_permutation():
     v1, v2 = views(7, 3, 12, 8)
     perm = np.random.default_rng(0).permutation(12)
-    for fn in (losses.comm_loss, losses.cmc_loss, losses.cross_self_loss):
-        np.testing.assert_allclose(fn(v1, v2)[0], fn(v1[:, perm], v2[:, perm])[0], rtol=1e-5)
+    np.testing.assert_allclose(losses.comm_loss(v1, v2)[0], losses.comm_loss(v1[:, perm], v2[:, perm])[0], rtol=1e-5)
+    for fn in BASELINES.values():
+        np.testing.assert_allclose(fn(v1, v2, v1)[0], fn(v1[:, perm], v2[:, perm], v1[:, perm])[0], rtol=1e-5)
 
 
 def test_gradients_finite_and_nonzero():
     v1, v2 = views(8, 3, 8, 16)
-    for fn in (losses.comm_loss, losses.cross_self_loss, losses.cmc_loss,
-               lambda a, b: losses.clip_loss(a, b, jnp.log(1 / 0.07))):
+    fns = [losses.comm_loss] + [lambda a, b, fn=fn: fn(a, b, b) for fn in BASELINES.values()]
+    for fn in fns:
         g1, g2 = jax.grad(lambda a, b: fn(a, b)[0], argnums=(0, 1))(jnp.asarray(v1), jnp.asarray(v2))
         assert bool(jnp.all(jnp.isfinite(g1)) and jnp.all(jnp.isfinite(g2)))
         assert float(jnp.abs(g1).sum()) > 0
@@ -132,9 +139,9 @@ def _sharded(fn, mesh):
 @pytest.mark.parametrize("name", ["comm", "cmc", "cross_self", "simclr", "clip"])
 def test_sharded_loss_and_grads_match_single_device(name):
     assert jax.device_count() == 8
-    fns = {"comm": losses.comm_loss, "cmc": losses.cmc_loss, "cross_self": losses.cross_self_loss,
-           "simclr": losses.simclr_loss,
-           "clip": lambda a, b, axis_name=None: losses.clip_loss(a, b, jnp.log(1 / 0.07), axis_name=axis_name)}
+    fns = {"comm": losses.comm_loss,
+           "simclr": lambda a, b, axis_name=None: losses.simclr_loss(a[0], b[0], axis_name=axis_name),
+           **{k: (lambda a, b, axis_name=None, f=f: f(a, b, b[::-1], axis_name=axis_name)) for k, f in BASELINES.items()}}
     fn = fns[name]
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     v1, v2 = (jnp.asarray(v) for v in views(9, 3, 32, 16))

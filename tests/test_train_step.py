@@ -1,44 +1,44 @@
 """The sharded train step equals the single-device step (loss, gradients, parameters after a few
-steps) for CoMM and every baseline, and never recompiles after the first step."""
+steps) for CoMM and every baseline, and never recompiles after the first step; what each method's
+step reads and updates is the reference's (CLIP's clamped logit scale, Cross+Self's weak view,
+SimCLR's single modality)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comm_jax.mesh import make_mesh
-from comm_jax.train_state import create_train_state
-from comm_jax.train_step import make_loss_fn, make_train_step, put_batch
+from comm_jax import methods
+from comm_jax.mesh import make_mesh, put_batch
+from comm_jax.train_step import build_train_step, make_loss_fn
 from configs import trifeatures
+from tests_support import tiny_trifeatures
 
 
-def tiny_config(loss="comm"):
-    cfg = trifeatures.get_config(f"cpu,loss={loss}")
-    cfg.data.augment_on_device = False      # the step takes the two views as given
-    cfg.batch_size = 16
-    cfg.model.width, cfg.model.heads, cfg.model.head_hidden, cfg.model.head_out = 32, 4, 32, 16
-    for name in cfg.model.modalities:
-        cfg.model.encoders[name].input_shape = (16, 16, 3)
-        cfg.model.encoders[name].encoder_args.channels = (8, 16)
-    return cfg
+tiny_config = tiny_trifeatures
 
 
 def synthetic_batch(cfg, seed=0):
     rng = np.random.default_rng(seed)
     view = lambda: {m: rng.normal(size=(cfg.batch_size, *cfg.model.encoders[m].input_shape)).astype(np.float32)
                     for m in cfg.model.modalities}
-    return {"view1": view(), "view2": view()}
+    return {"views": {v: view() for v in methods.get(cfg.loss.name).views}}
 
 
 # Parameters whose true gradient is exactly zero, so that any computed value is rounding noise:
-# biases followed by a BatchNorm (directly, or through the linear layer before it: the MLP head's
-# first layers, and the fusion's final LayerNorm bias, which reaches the head's first BatchNorm
-# through fc1; under a linear projection it reaches the loss), and the key bias of attention (it
-# shifts all of a query's logits equally; the softmax ignores it).
+# biases followed by a BatchNorm (directly, or through the linear layer before it: the MLP heads'
+# first layers, the fusion's final LayerNorm bias and the towers' pooling bias, which reach a head's
+# first BatchNorm through fc1), and the key bias of attention (it shifts all of a query's logits
+# equally; the softmax ignores it).
 def zero_gradient(cfg):
     if cfg.model.get("projection", "mlp") == "linear":
         return ()
-    return ("['head']['fc1']['bias']", "['head']['fc2']['bias']", "['fusion']['norm']['bias']")
+    if cfg.model.architecture == "fusion":
+        return ("['model']['head']['fc1']['bias']", "['model']['head']['fc2']['bias']",
+                "['model']['fusion']['norm']['bias']")
+    return tuple(f"['model']['{part}']['{m}']{leaf}" for m in cfg.model.modalities
+                 for part, leaf in (("heads", "['fc1']['bias']"), ("heads", "['fc2']['bias']"),
+                                    ("towers", "['linear']['bias']")))
 
 
 def signal_leaves(tree, zero=()):
@@ -61,15 +61,14 @@ def assert_close_by_norm(actual, expected, tol):
     assert err <= tol * max(np.linalg.norm(expected), 1e-12), (err, np.linalg.norm(expected))
 
 
-def run_steps(cfg, n_devices, batches):
+def run_steps(cfg, n_devices, batches, metric="loss"):
     mesh = make_mesh([("data", n_devices)], devices=jax.devices()[:n_devices])
-    graphdef, state, shardings, tx, schedule = create_train_state(cfg, mesh)
-    step = make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, put_batch(batches[0], mesh))
-    losses = []
+    built = build_train_step(cfg, mesh, put_batch(batches[0], mesh))
+    state, losses = built.state, []
     for batch in batches:
-        state, metrics = step(state, put_batch(batch, mesh))
-        losses.append(float(metrics["loss"]))
-    return state, losses, step
+        state, metrics = built.step(state, put_batch(batch, mesh))
+        losses.append(float(metrics[metric]))
+    return state, losses, built.step
 
 
 @pytest.mark.parametrize("loss", ["comm", "cross", "cross_self", "cmc", "simclr"])
@@ -79,10 +78,11 @@ def test_sharded_loss_and_grads_match_single_device(loss):
     results = []
     for n in (1, 8):
         mesh = make_mesh([("data", n)], devices=jax.devices()[:n])
-        graphdef, state, *_ = create_train_state(cfg, mesh)
-        loss_fn = make_loss_fn(graphdef, cfg.loss, mesh)
-        value_and_grad = jax.jit(jax.value_and_grad(lambda v, b: loss_fn(v, b)[0]))
-        value, (grads, _) = value_and_grad((state.params, state.batch_stats), put_batch(batch, mesh))
+        built = build_train_step(cfg, mesh)
+        loss_fn = make_loss_fn(built.graphdef, built.method, mesh)
+        value_and_grad = jax.jit(jax.value_and_grad(lambda v, b: loss_fn(v, b, None)[0]))
+        value, (grads, _) = value_and_grad((built.state.params, built.state.batch_stats),
+                                           put_batch(batch, mesh)["views"])
         results.append((float(value), jax.tree.map(np.asarray, grads)))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
     zero = zero_gradient(cfg)
@@ -115,8 +115,7 @@ def test_weight_decay_skips_biases_norms_and_cls():
     from comm_jax.train_state import decay_mask
     cfg = tiny_config("cross")
     mesh = make_mesh([("data", 1)], devices=jax.devices()[:1])
-    _, state, *_ = create_train_state(cfg, mesh)
-    mask = decay_mask(state.params)
+    mask = decay_mask(build_train_step(cfg, mesh).state.params)
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mask)}
     assert any(v for k, v in flat.items() if "kernel" in k)
     assert not any(v for k, v in flat.items() if "bias" in k or "scale" in k or "cls" in k)
@@ -125,8 +124,8 @@ def test_weight_decay_skips_biases_norms_and_cls():
 def test_step_drawing_views_on_the_devices_matches_across_meshes_and_compiles_once():
     cfg = tiny_config("comm")
     cfg.data.augment_on_device = True
-    for m in cfg.model.modalities:
-        cfg.data.augment[m] = "random_resized_crop(16, scale=(0.2, 1.0))|color_jitter(p=0.8)|grayscale(p=0.2)|flip_lr|normalize"
+    ops = "random_resized_crop(16, scale=(0.2, 1.0))|color_jitter(p=0.8)|grayscale(p=0.2)|flip_lr|normalize"
+    cfg.data.views = {v: {m: ops for m in cfg.model.modalities} for v in ("view1", "view2")}
     rng = np.random.default_rng(0)
     batches = [{"raw": {m: rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8) for m in cfg.model.modalities},
                 "key": rng.integers(0, 2 ** 32, (16, 2), dtype=np.uint32)} for _ in range(3)]
@@ -139,3 +138,52 @@ def test_step_drawing_views_on_the_devices_matches_across_meshes_and_compiles_on
     reshuffled = dict(batches[0], key=batches[0]["key"][::-1].copy())     # other keys, other views
     _, other, _ = run_steps(cfg, 1, [reshuffled])
     assert abs(other[0] - losses1[0]) > 1e-3
+
+
+def test_clip_logit_scale_is_clamped_before_the_update_and_the_loss_sees_it_unclamped():
+    """As the reference's training_step: the loss uses exp of the parameter as it is, then the
+    parameter is clamped to [0, ln 100] and the optimizer's update is added to the clamped value."""
+    cfg = tiny_config("cross")
+    cfg.optimizer.lr = 1e-12
+    mesh = make_mesh([("data", 1)], devices=jax.devices()[:1])
+    batch = put_batch(synthetic_batch(cfg), mesh)
+    built = build_train_step(cfg, mesh, batch)
+    for start, expected in ((5.0, np.log(100.0)), (-0.5, 0.0), (2.0, 2.0)):
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, leaf: jnp.full_like(leaf, start) if "log_logit_scale" in jax.tree_util.keystr(path) else leaf,
+            built.state.params)
+        state, metrics = built.step(built.state.replace(params=params), batch)
+        np.testing.assert_allclose(float(metrics["logit_scale"]), np.exp(start), rtol=1e-6)
+        np.testing.assert_allclose(float(state.params["extra"]["log_logit_scale"][...]), expected, atol=1e-6)
+        built = build_train_step(cfg, mesh, batch)      # the step donated the state
+
+
+def test_cross_self_cross_term_reads_the_weak_view_and_its_self_terms_the_strong_views():
+    cfg = tiny_config("cross_self")
+    mesh = make_mesh([("data", 1)], devices=jax.devices()[:1])
+    base = synthetic_batch(cfg, 0)
+    other = synthetic_batch(cfg, 1)["views"]
+
+    def metrics_with(**swap):
+        batch = {"views": dict(base["views"], **{v: other[v] for v in swap})}
+        built = build_train_step(cfg, mesh)
+        loss_fn = make_loss_fn(built.graphdef, built.method, mesh)
+        _, (metrics, _) = jax.jit(loss_fn)((built.state.params, built.state.batch_stats),
+                                           put_batch(batch, mesh)["views"], None)
+        return {k: float(v) for k, v in metrics.items()}
+
+    first, strong_changed, weak_changed = metrics_with(), metrics_with(view1=1), metrics_with(weak=1)
+    assert strong_changed["cross_loss"] == first["cross_loss"]
+    assert strong_changed["self_loss"] != first["self_loss"]
+    assert weak_changed["cross_loss"] != first["cross_loss"]
+    assert weak_changed["self_loss"] == first["self_loss"]
+
+
+def test_simclr_trains_one_modality_and_cross_needs_two():
+    cfg = trifeatures.get_config("cpu,loss=simclr")
+    assert tuple(cfg.model.modalities) == ("image_1",) and set(cfg.data.modalities) == {"image_1"}
+    bad = trifeatures.get_config("cpu,loss=cross")
+    bad.model.modalities = ("image_1",)
+    bad.data.modalities = {"image_1": "image_1"}
+    with pytest.raises(ValueError, match="needs at least 2 modalities"):
+        methods.build(bad)

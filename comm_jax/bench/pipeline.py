@@ -19,9 +19,8 @@ from input_pipeline.pipeline import make_train_iterator
 
 from comm_jax.bench.timing import median_time, timed_compile
 from comm_jax.bench.train_step import synthetic_batch
-from comm_jax.mesh import make_mesh
-from comm_jax.train_state import create_train_state
-from comm_jax.train_step import make_train_step, put_batch
+from comm_jax.mesh import make_mesh, put_batch
+from comm_jax.train_step import build_train_step
 
 
 def host_cores() -> int:
@@ -67,10 +66,11 @@ def input_bound(cfg, *, data_dir: str | None, steps: int, warmup: int) -> dict[s
     cfg = copy.deepcopy(cfg)
     cfg.data.data_dir = data_dir
     mesh = make_mesh(cfg.mesh)
-    graphdef, state, shardings, tx, schedule = create_train_state(cfg, mesh)
-    iterator = make_train_iterator(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed)
+    built = build_train_step(cfg, mesh)
+    state = built.state
+    iterator = make_train_iterator(cfg.data, built.spec, batch_size=cfg.batch_size, seed=cfg.seed)
     batch = put_batch(next(iterator), mesh)
-    compiled, _ = timed_compile(make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, batch), state, batch)
+    compiled, _ = timed_compile(built.step, state, batch)
 
     def run(b):
         nonlocal state

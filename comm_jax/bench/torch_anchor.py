@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 from comm_jax.bench.train_step import bench_config
 from comm_jax.mesh import make_mesh
-from configs import trifeatures
 
 _RESULT = re.compile(r"torch (\S+) .*step ([0-9.]+)s median, ([0-9.]+) examples/s")
 
@@ -32,11 +31,11 @@ def torch_step(python: str, script: str, *, batch: int, size: int, steps: int, t
             "examples_per_s": float(match.group(3)), "command": " ".join(cmd)}
 
 
-def compare(python: str, script: str, *, batch: int, sizes: Sequence[int], steps: int, warmup: int,
+def compare(python: str, script: str, config_for_size, *, batch: int, sizes: Sequence[int], steps: int, warmup: int,
             threads: int, peaks: dict[str, Any], device: str = "cpu", repeats: int = 1,
             torch_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """For each image size: Trifeatures with AlexNet (the full-size model at `res=size`) in JAX
-    (float32) and the torch reference at the same batch, alternated `repeats` times (so a change in
+    """For each image size: `config_for_size(size)` (the full-size Trifeatures CoMM with AlexNet at
+    that size) in JAX (float32) and the torch reference at the same batch, alternated `repeats` times (so a change in
     the machine's load hits both alike); medians of their examples/s and the ratio.
 
     On a shared CPU host pass `torch_env={"OMP_WAIT_POLICY": "PASSIVE"}`: with OpenMP's default
@@ -45,7 +44,7 @@ def compare(python: str, script: str, *, batch: int, sizes: Sequence[int], steps
     mesh = make_mesh([("data", -1)])
     rows = []
     for size in sizes:
-        cfg = trifeatures.get_config(f"res={size}")
+        cfg = config_for_size(size)
         cfg.batch_size = batch
         jax_runs, torch_runs = [], []
         for _ in range(repeats):

@@ -17,23 +17,24 @@ import ml_collections
 
 from comm_jax import flops, peaks as peak_table
 from comm_jax.bench.timing import check_fits, executable_report, is_out_of_memory, median_time, timed_compile
+from comm_jax import config_schema
+from comm_jax.batch import batch_spec
 from comm_jax.mesh import batch_sharding
-from comm_jax.train_state import create_train_state
-from comm_jax.train_step import batch_structure, make_train_step
-from configs import common
+from comm_jax.train_step import build_train_step
 
 
 def synthetic_batch(cfg, batch_size: int, mesh, seed: int = 0) -> dict[str, Any]:
-    """A batch of the step's structure (`batch_structure`: two float views of standard normals, or
-    random uint8 images and keys for on-device augmentation), generated on the devices already sharded over the mesh
-    (no host transfer)."""
-    structure = batch_structure(cfg, batch_size)
+    """A batch of the step's contract (`comm_jax.batch`: float views of standard normals, or random
+    uint8 images and keys for on-device augmentation; masks all valid), generated on the devices
+    already sharded over the mesh (no host transfer)."""
+    structure = batch_spec(cfg, config_schema.validate(cfg)).structure(batch_size)
     leaves, treedef = jax.tree.flatten(structure)
     shardings = treedef.unflatten([batch_sharding(mesh, len(x.shape)) for x in leaves])
 
     def make(key):
         keys = jax.random.split(key, len(leaves))
         made = [jax.random.bits(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.unsignedinteger)
+                else jnp.ones(x.shape, x.dtype) if x.dtype == jnp.bool_
                 else jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
         return treedef.unflatten(made)
 
@@ -43,12 +44,11 @@ def synthetic_batch(cfg, batch_size: int, mesh, seed: int = 0) -> dict[str, Any]
 def bench_config(cfg: ml_collections.ConfigDict, mesh, *, steps: int, warmup: int,
                  peaks: dict[str, Any], compile_only: bool = False) -> dict[str, Any]:
     """One measured row for `cfg` as given (its batch_size and precision)."""
-    common.validate(cfg)
     batch_size, n_dev = cfg.batch_size, mesh.size
-    graphdef, state, shardings, tx, schedule = create_train_state(cfg, mesh)
     batch = synthetic_batch(cfg, batch_size, mesh)
-    step = make_train_step(graphdef, cfg, mesh, tx, schedule, shardings, batch)
-    compiled, compile_s = timed_compile(step, state, batch)
+    built = build_train_step(cfg, mesh, batch)
+    state = built.state
+    compiled, compile_s = timed_compile(built.step, state, batch)
     analytic = flops.train_step(cfg, batch_size)
     row: dict[str, Any] = {"batch_size": batch_size, "precision": cfg.precision, "devices": n_dev,
                            "compile_s": compile_s, "analytic_flops": analytic} | executable_report(compiled)

@@ -21,7 +21,8 @@ EVALUATOR_TYPES: dict[str, str | type] = {
 }
 
 DEFAULT_EVALS: dict[str, Any] = dict(
-    probe_data=None,         # TFDS name the evaluators read (None: config.data.name)
+    probe_data=None,         # TFDS name of the `default` dataset (None: config.data.name)
+    datasets={},             # more evaluation datasets: key -> TFDS name (evaluators pick one by `dataset`)
     tasks={},                # metric name -> label feature key, e.g. {"R": "shape"}
     task_means={},           # metric name -> task names averaged, e.g. {"U": ("U1", "U2")}
     train_split="train",     # features the probes and the kNN memory bank are fit on
@@ -39,28 +40,37 @@ DEFAULT_EVALS: dict[str, Any] = dict(
 )
 
 
-# What an evaluator reads for a set of modalities: their fused Z ("joint"), or each modality's own Z
-# concatenated ("concat": how the reference probes unimodal baselines such as CLIP and Cross+Self).
+# What an evaluator reads for a set of modalities: the model's Z of the set ("joint": the fused Z, or
+# for the unimodal towers each modality's vector concatenated), or each modality's own Z concatenated
+# ("concat").
 FEATURE_KINDS = ("joint", "concat")
+DEFAULT_DATASET = "default"
+Source = tuple[str, str]     # (dataset key, split)
 
 
 class Evaluator:
     """Base class: `requests` names the features it needs, `evaluate` turns them into metrics.
 
-    Subclasses set `DEFAULTS` (their arguments, all of them) and read them from `self.args`.
+    Subclasses set `DEFAULTS` (their arguments, all of them) and read them from `self.args`. Every
+    evaluator also takes `dataset` (a key of `evals.datasets`, default `default`): what it reads is
+    keyed by (dataset, split), and features are extracted once per key for all evaluators.
     """
 
     DEFAULTS: dict[str, Any] = {}
 
     def __init__(self, name: str, args: Mapping[str, Any], evals: ml_collections.ConfigDict):
-        unknown = sorted(set(args) - set(self.DEFAULTS) - {"type"})
+        unknown = sorted(set(args) - set(self.DEFAULTS) - {"type", "dataset"})
         if unknown:
             names = ", ".join(f"config.evals.evaluators.{name}.{k}" for k in unknown)
             raise ValueError(f"unknown evaluator argument(s) {names}; {type(self).__name__} takes "
                              f"{sorted(self.DEFAULTS)}")
         self.name = name
-        self.args = {**self.DEFAULTS, **{k: v for k, v in args.items() if k != "type"}}
+        self.args = {**self.DEFAULTS, **{k: v for k, v in args.items() if k not in ("type", "dataset")}}
         self.evals = evals
+        self.dataset = args.get("dataset", DEFAULT_DATASET)
+        if self.dataset not in dict(evals.datasets):
+            raise ValueError(f"config.evals.evaluators.{name}.dataset={self.dataset!r} is not a key of "
+                             f"config.evals.datasets {sorted(dict(evals.datasets))}")
         if self.args.get("features", "joint") not in FEATURE_KINDS:
             raise ValueError(f"config.evals.evaluators.{name}.features must be one of {FEATURE_KINDS}, "
                              f"got {self.args['features']!r}")
@@ -82,16 +92,27 @@ class Evaluator:
             return [(m,) for m in subset]
         return [subset]
 
+    def source(self, split: str) -> Source:
+        return (self.dataset, split)
+
+    def sources(self) -> list[Source]:
+        """The (dataset, split) pairs this evaluator reads; by default the train and test splits of
+        its dataset (a fit-then-score evaluator)."""
+        return [self.source(s) for s in dict.fromkeys((self.evals.train_split, self.evals.test_split))]
+
     def features(self, ctx, split: str) -> np.ndarray:
-        """`[examples, dim]` features of `split`: the subsets of `feature_subsets`, concatenated."""
-        parts = [ctx.z(split, s) for s in self.feature_subsets(ctx.modalities)]
+        """`[examples, dim]` features of `split` of this evaluator's dataset: the subsets of
+        `feature_subsets`, concatenated."""
+        parts = [ctx.z(self.source(split), s) for s in self.feature_subsets(ctx.modalities)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
-    def requests(self, modalities: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
-        """(split, subset of modalities) pairs whose Z this evaluator reads; by default the
-        `feature_subsets` of the train and test splits (a fit-then-score evaluator)."""
-        return [(split, s) for split in (self.evals.train_split, self.evals.test_split)
-                for s in self.feature_subsets(modalities)]
+    def labels(self, ctx, split: str, key: str) -> np.ndarray:
+        return ctx.labels(self.source(split), key)
+
+    def requests(self, modalities: Sequence[str]) -> list[tuple[Source, tuple[str, ...]]]:
+        """((dataset, split), subset of modalities) pairs whose Z this evaluator reads: the
+        `feature_subsets` of each of its `sources`."""
+        return [(source, s) for source in self.sources() for s in self.feature_subsets(modalities)]
 
     def evaluate(self, ctx) -> dict[str, float]:
         """Metrics `{f"{self.name}/...": value}` for one checkpoint; `ctx` is a features.EvalContext."""
@@ -122,6 +143,11 @@ def resolve_config(evals: ml_collections.ConfigDict | Mapping[str, Any]) -> ml_c
     if unknown:
         raise ValueError(f"config.evals has unknown key(s) {unknown}; known: {sorted(DEFAULT_EVALS)}")
     merged = {**DEFAULT_EVALS, **{k: v for k, v in given.items() if v is not None or k == "probe_data"}}
+    datasets = dict(merged["datasets"] or {})
+    if DEFAULT_DATASET in datasets:
+        raise ValueError(f"config.evals.datasets.{DEFAULT_DATASET} is config.evals.probe_data (or config.data.name); "
+                         f"name the other datasets differently")
+    merged["datasets"] = {DEFAULT_DATASET: merged["probe_data"], **datasets}
     for key in ("batch_size", "poll_seconds", "max_attempts"):
         if not merged[key] or merged[key] <= 0:
             raise ValueError(f"config.evals.{key} must be positive, got {merged[key]!r}")

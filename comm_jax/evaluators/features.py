@@ -1,6 +1,7 @@
-"""Frozen-representation extraction: Z `[examples, width]` for several subsets of modalities in one
+"""Frozen-representation extraction: Z `[examples, dim]` for several subsets of modalities in one
 pass over an evaluation split, batches sharded over the mesh, the rows of every process gathered and
-padding rows dropped; and the per-checkpoint context that extracts each split once for all evaluators."""
+padding rows dropped; and the per-checkpoint context that extracts each (dataset, split) once for all
+evaluators."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from comm_jax.evaluators import Source
 from comm_jax.evaluators.frozen_model import FrozenModel, Subset
-from comm_jax.train_step import put_batch
+from comm_jax.mesh import put_batch
 
 
 @dataclasses.dataclass
 class SplitFeatures:
-    """Frozen features of one split: `z[subset]` is float32 `[examples, width]`, `labels[key]` is
+    """Frozen features of one split: `z[subset]` is float32 `[examples, dim]`, `labels[key]` is
     `[examples, ...]`, rows in the split's order with padding removed."""
 
     z: dict[Subset, np.ndarray]
@@ -41,8 +43,8 @@ def _from_bytes(raw: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def _gathered_batch(model: FrozenModel, batch: Mapping[str, Any], subsets: tuple[Subset, ...], mesh: Mesh,
-                    position: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(Z `[subsets, global batch, width]`, split positions `[global batch]` (-1: padding), labels) of
+                    position: int) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(Z `[global batch, dim]` per subset, split positions `[global batch]` (-1: padding), labels) of
     one step, the same on every process: each process's rows are placed on its devices and gathered."""
     mask = np.asarray(batch["mask"], bool)
     if "index" in batch:
@@ -57,10 +59,10 @@ def _gathered_batch(model: FrozenModel, batch: Mapping[str, Any], subsets: tuple
     index = np.where(mask, index, -1)
     z = model.representations(inputs, subsets, valid)
     if jax.process_count() == 1:
-        return np.asarray(z), index, labels
+        return [np.asarray(x) for x in z], index, labels
     local = {"index": index.astype(np.int32), "labels": {key: _as_bytes(value) for key, value in labels.items()}}
     gathered = multihost_utils.process_allgather({"z": z, **put_batch(local, mesh)}, tiled=True)
-    return (gathered["z"], gathered["index"].astype(np.int64),
+    return ([np.asarray(x) for x in gathered["z"]], gathered["index"].astype(np.int64),
             {key: _from_bytes(gathered["labels"][key], value) for key, value in labels.items()})
 
 
@@ -75,7 +77,7 @@ def extract_features(model: FrozenModel, batches: Iterable[Mapping[str, Any]], s
     same features. A single-process caller may omit `index` when its batches follow the split's order.
     """
     subsets = tuple(dict.fromkeys(tuple(s) for s in subsets))
-    z_parts: list[np.ndarray] = []
+    z_parts: list[list[np.ndarray]] = []
     index_parts: list[np.ndarray] = []
     label_parts: dict[str, list[np.ndarray]] = {}
     position = kept = 0
@@ -86,7 +88,7 @@ def extract_features(model: FrozenModel, batches: Iterable[Mapping[str, Any]], s
         z, index, labels = _gathered_batch(model, batch, subsets, mesh, position)
         position += len(batch["mask"])
         rows = index >= 0
-        z_parts.append(z[:, rows])
+        z_parts.append([x[rows] for x in z])
         index_parts.append(index[rows])
         for key, value in labels.items():
             label_parts.setdefault(key, []).append(value[rows])
@@ -100,52 +102,51 @@ def extract_features(model: FrozenModel, batches: Iterable[Mapping[str, Any]], s
     order = np.argsort(np.concatenate(index_parts), kind="stable")
     if max_examples:
         order = order[:max_examples]
-    stacked = np.concatenate(z_parts, axis=1)[:, order]
-    return SplitFeatures(z={s: stacked[i] for i, s in enumerate(subsets)},
+    return SplitFeatures(z={s: np.concatenate([part[i] for part in z_parts])[order] for i, s in enumerate(subsets)},
                          labels={k: np.concatenate(v)[order] for k, v in label_parts.items()})
 
 
 class EvalContext:
-    """What evaluators of one checkpoint share: the frozen model and each split's features,
-    extracted once (on first use) for every subset any evaluator asked for."""
+    """What evaluators of one checkpoint share: the frozen model and the features of each (dataset,
+    split), extracted once (on first use) for every subset any evaluator asked for."""
 
-    def __init__(self, model: FrozenModel, mesh: Mesh, sources: Mapping[str, Iterable],
-                 requests: Mapping[str, Sequence[Subset]], max_examples: Mapping[str, int] | None = None):
+    def __init__(self, model: FrozenModel, mesh: Mesh, sources: Mapping[Source, Iterable],
+                 requests: Mapping[Source, Sequence[Subset]], max_examples: Mapping[Source, int] | None = None):
         self.model, self.mesh = model, mesh
         self._sources = dict(sources)
-        self._requests = {split: tuple(dict.fromkeys(subsets)) for split, subsets in requests.items()}
+        self._requests = {source: tuple(dict.fromkeys(subsets)) for source, subsets in requests.items()}
         self._max_examples = dict(max_examples or {})
-        self._cache: dict[str, SplitFeatures | Exception] = {}
+        self._cache: dict[Source, SplitFeatures | Exception] = {}
 
     @property
     def modalities(self) -> Subset:
         return self.model.modalities
 
-    def split(self, split: str) -> SplitFeatures:
-        """All requested features of `split`; a failed extraction is raised again, not retried."""
-        if split not in self._cache:
-            if split not in self._sources or split not in self._requests:
-                raise KeyError(f"no evaluation data or feature request for split {split!r}")
+    def split(self, source: Source) -> SplitFeatures:
+        """All requested features of `source`; a failed extraction is raised again, not retried."""
+        if source not in self._cache:
+            if source not in self._sources or source not in self._requests:
+                raise KeyError(f"no evaluation data or feature request for (dataset, split) {source}")
             try:
-                self._cache[split] = extract_features(self.model, self._sources[split], self._requests[split],
-                                                      self.mesh, max_examples=self._max_examples.get(split, 0))
+                self._cache[source] = extract_features(self.model, self._sources[source], self._requests[source],
+                                                       self.mesh, max_examples=self._max_examples.get(source, 0))
             except Exception as error:   # every evaluator that needs this split reports it
-                self._cache[split] = error
-        found = self._cache[split]
+                self._cache[source] = error
+        found = self._cache[source]
         if isinstance(found, Exception):
             raise found
         return found
 
-    def z(self, split: str, subset: Sequence[str]) -> np.ndarray:
-        """Z `[examples, width]` of `subset` on `split`."""
-        features = self.split(split)
+    def z(self, source: Source, subset: Sequence[str]) -> np.ndarray:
+        """Z `[examples, dim]` of `subset` on `source` ((dataset, split))."""
+        features = self.split(source)
         key = tuple(subset)
         if key not in features.z:
-            raise KeyError(f"features of subset {key} on split {split!r} were not requested")
+            raise KeyError(f"features of subset {key} on {source} were not requested")
         return features.z[key]
 
-    def labels(self, split: str, key: str) -> np.ndarray:
-        features = self.split(split)
+    def labels(self, source: Source, key: str) -> np.ndarray:
+        features = self.split(source)
         if key not in features.labels:
-            raise KeyError(f"split {split!r} has no label {key!r}; it has {sorted(features.labels)}")
+            raise KeyError(f"{source} has no label {key!r}; it has {sorted(features.labels)}")
         return features.labels[key]

@@ -17,8 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from comm_jax.models import build_model
-from comm_jax.train_state import split_model
+from comm_jax.models import build_model, split_model
 
 Subset = tuple[str, ...]
 
@@ -35,7 +34,7 @@ def abstract_variables(model_cfg: Mapping[str, Any]):
 @functools.partial(jax.jit, static_argnames=("graphdef", "subsets"))
 def _representations(graphdef, params, batch_stats, inputs, valid, subsets: tuple[Subset, ...]):
     model = nnx.merge(graphdef, params, batch_stats)
-    return model.representations(inputs, subsets, valid).astype(jnp.float32)
+    return tuple(z.astype(jnp.float32) for z in model.representations(inputs, subsets, valid))
 
 
 class FrozenModel:
@@ -52,7 +51,7 @@ class FrozenModel:
         self.graphdef, self.params, self.batch_stats = graphdef, params, batch_stats
         self.step = step
         self.modalities: Subset = tuple(self.model_cfg["modalities"])
-        self.width = int(self.model_cfg["width"])
+        self.width = nnx.merge(graphdef, params, batch_stats).feature_dim(self.modalities)
 
     def check_inputs(self, inputs: Mapping[str, Any], modalities: Sequence[str]) -> None:
         """Raise naming the modality when an input is missing or has the wrong per-example shape."""
@@ -68,9 +67,10 @@ class FrozenModel:
                 raise ValueError(f"modality {name!r} has per-example shape {got}, the model expects {expected}")
 
     def representations(self, inputs: Mapping[str, Any], subsets: Sequence[Sequence[str]],
-                        valid: Mapping[str, Any] | None = None) -> jax.Array:
-        """Z for each subset: float32 `[len(subsets), batch, width]`. Inputs may be numpy or
-        (sharded) jax arrays with a leading batch axis; the output keeps the batch sharding."""
+                        valid: Mapping[str, Any] | None = None) -> tuple[jax.Array, ...]:
+        """Z for each subset: float32 `[batch, dim]` each (the fused Z of the fusion model; the
+        concatenated per-modality vectors of the towers). Inputs may be numpy or (sharded) jax
+        arrays with a leading batch axis; the outputs keep the batch sharding."""
         subsets = tuple(tuple(s) for s in subsets)
         needed = [m for m in self.modalities if any(m in s for s in subsets)]
         self.check_inputs(inputs, needed)
@@ -101,11 +101,21 @@ def restore_frozen_model(store, step: int, mesh: Mesh) -> FrozenModel:
         raise ValueError(f"the config saved with checkpoint {step} has no 'model' section")
     graphdef, params, batch_stats = abstract_variables(saved["model"])
     rep = replicated(mesh)
-    target = {name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+    # The train state holds the method's trainable: the model under "model", the method's own
+    # parameters beside it; only the model's variables are read.
+    target = {name: {"model": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)}
               for name, tree in (("params", params), ("batch_stats", batch_stats)) if jax.tree.leaves(tree)}
     # A partial PyTree restore reads only these subtrees of the saved TrainState (StandardRestore
     # refuses a target that lacks `step` and `opt_state`).
     restored = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
     state = restored.state
-    return FrozenModel(saved["model"], graphdef, state["params"], state.get("batch_stats", batch_stats), step=step)
+    stats = state["batch_stats"]["model"] if "batch_stats" in state else batch_stats
+    return FrozenModel(saved["model"], graphdef, _as_state(params, state["params"]["model"]),
+                       _as_state(batch_stats, stats), step=step)
+
+
+def _as_state(like, restored):
+    """A restored nested dict of arrays in the structure (nnx.State of Variables) of `like`."""
+    leaves = jax.tree_util.tree_leaves(restored)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)

@@ -71,7 +71,7 @@ class KNN(Evaluator):
         indices = nearest_neighbours(bank, queries, int(self.args["k"]))     # shared by every task
         metrics = {}
         for task, key in dict(self.evals.tasks).items():
-            bank_labels, truth = ctx.labels(train, key), ctx.labels(test, key)
+            bank_labels, truth = self.labels(ctx, train, key), self.labels(ctx, test, key)
             predicted = vote(bank_labels, indices)
             kind = task_kind(bank_labels)
             metrics.update({metric_name(self.name, task, s): v for s, v in score(kind, truth, predicted).items()})

@@ -141,8 +141,8 @@ class LinearProbe(Evaluator):
         metrics = {}
         for task in chosen:
             key = tasks[task]
-            result = linear_probe(train_x, ctx.labels(train, key), test_x,
-                                  ctx.labels(test, key), Cs=tuple(self.args["Cs"]),
+            result = linear_probe(train_x, self.labels(ctx, train, key), test_x,
+                                  self.labels(ctx, test, key), Cs=tuple(self.args["Cs"]),
                                   holdout_fraction=self.args["holdout_fraction"],
                                   max_iter=self.args["max_iter"], seed=self.args["seed"],
                                   class_weight=self.args["class_weight"])

@@ -40,11 +40,14 @@ class Retrieval(Evaluator):
         if int(self.args["top_k"]) < 1:
             raise ValueError(f"config.evals.evaluators.{name}.top_k must be >= 1, got {self.args['top_k']}")
 
+    def sources(self):
+        return [self.source(self.evals.test_split)]
+
     def requests(self, modalities):
-        return [(self.evals.test_split, (m,)) for m in self.subset(modalities)]
+        return [(self.source(self.evals.test_split), (m,)) for m in self.subset(modalities)]
 
     def evaluate(self, ctx) -> dict[str, float]:
-        test = self.evals.test_split
+        test = self.source(self.evals.test_split)
         metrics = {f"{self.name}/{a}_to_{b}": retrieval_accuracy(ctx.z(test, (a,)), ctx.z(test, (b,)),
                                                                  int(self.args["top_k"]))
                    for a, b in itertools.permutations(self.subset(ctx.modalities), 2)}

@@ -1,9 +1,8 @@
-"""The multimodal model: per-modality encoder + latent converter -> fusion transformer (one pass
+"""The fusion model (CoMM's): per-modality encoder + latent converter -> fusion transformer (one pass
 per mask) -> projection head. Built from the `model` section of a config by `build_model`."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -11,43 +10,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from comm_jax.models.adapters import ADAPTERS
+from comm_jax.models.encoders import PRECISIONS, check_modality_specs, make_encoder
 from comm_jax.models.fusion import FusionTransformer, comm_subsets
 from comm_jax.models.head import LinearProjection, ProjectionHead
-from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
-from comm_jax.models.sequence_encoders import GRUEncoder, TransformerSequenceEncoder
-
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
-SEQUENCE_ENCODERS = {"gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
-ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, "none")
-
-
-class _NoEncoder(nnx.Module):
-    """Inputs that are already features (e.g. precomputed embeddings) go straight to the adapter."""
-
-    def __init__(self, n_features: int):
-        self.out_channels = n_features
-
-    def __call__(self, x, valid=None):
-        return x
-
 
 class ModalityEncoder(nnx.Module):
     """One modality: encoder then latent converter, `inputs -> ([batch, T, width], valid [batch, T])`."""
 
     def __init__(self, name: str, spec: Mapping[str, Any], width: int, *, dtype, rngs: nnx.Rngs):
-        kind = spec.get("encoder", "none")
-        args = dict(spec.get("encoder_args", {}))
-        shape = tuple(spec["input_shape"])
-        self.is_image = kind in IMAGE_ENCODERS
-        if kind in IMAGE_ENCODERS:
-            self.encoder = IMAGE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args)
-        elif kind in SEQUENCE_ENCODERS:
-            self.encoder = SEQUENCE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args)
-        elif kind == "none":
-            self.encoder = _NoEncoder(shape[-1])
-        else:
-            raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")
+        self.encoder, self.is_image = make_encoder(name, spec, dtype=dtype, rngs=rngs)
         adapter = spec.get("adapter", "patch" if self.is_image else "identity")
         if adapter not in ADAPTERS:
             raise ValueError(f"model.encoders.{name}.adapter: unknown adapter {adapter!r}; known: {tuple(ADAPTERS)}")
@@ -73,6 +44,7 @@ class MultimodalModel(nnx.Module):
         validate_model_config(cfg)
         self.dtype = PRECISIONS[cfg.get("precision", "float32")]
         self.modalities = tuple(cfg.modalities)
+        self.width = int(cfg.width)
         self.encoders = nnx.Dict({name: ModalityEncoder(name, cfg.encoders[name], cfg.width,
                                                         dtype=self.dtype, rngs=rngs)
                                   for name in self.modalities})
@@ -83,8 +55,6 @@ class MultimodalModel(nnx.Module):
         else:   # one map per fusion mask: each modality alone, then all
             masks = len(comm_subsets(len(self.modalities)))
             self.head = LinearProjection(masks, cfg.width, cfg.head_out, dtype=self.dtype, rngs=rngs)
-        if cfg.get("logit_scale", False):
-            self.log_logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
     def _tokens(self, inputs: Mapping[str, jax.Array], names: Sequence[str],
                 valid: Mapping[str, jax.Array] | None):
@@ -105,6 +75,10 @@ class MultimodalModel(nnx.Module):
         index = {n: i for i, n in enumerate(names)}
         return self.fusion(tokens, token_valid, [tuple(index[n] for n in s) for s in subsets])
 
+    def feature_dim(self, subset: Sequence[str]) -> int:
+        """Width of Z for any subset: the fusion's CLS output."""
+        return self.width
+
     def embed(self, inputs, modalities: Sequence[str] | None = None, valid=None) -> jax.Array:
         """The representation Z `[batch, width]` (fusion CLS output, before the head)."""
         return self.representations(inputs, [tuple(modalities or self.modalities)], valid)[0]
@@ -117,39 +91,15 @@ class MultimodalModel(nnx.Module):
         return z, self.head(z).astype(jnp.float32)
 
 
-REQUIRED_MODEL_KEYS = ("modalities", "encoders", "width", "depth", "heads", "head_hidden", "head_out")
+REQUIRED_MODEL_KEYS = ("width", "depth", "heads", "head_hidden", "head_out")
 # `model.projection` (absent means "mlp"): the reference's MLP head, or CLIP's linear projection per mask.
 PROJECTIONS = ("mlp", "linear")
 
 
 def validate_model_config(cfg) -> None:
     """Fail early, naming the key, on a model config that cannot build."""
-    missing = [k for k in REQUIRED_MODEL_KEYS if k not in cfg]
-    if missing:
-        raise ValueError(f"model config lacks keys {missing}")
-    if len(cfg.modalities) < 1 or len(set(cfg.modalities)) != len(cfg.modalities):
-        raise ValueError(f"model.modalities must be distinct names, got {tuple(cfg.modalities)}")
-    for name in cfg.modalities:
-        if name not in cfg.encoders:
-            raise ValueError(f"model.encoders has no entry for modality {name!r}")
-        if "input_shape" not in cfg.encoders[name]:
-            raise ValueError(f"model.encoders.{name}.input_shape is required")
-    if cfg.get("precision", "float32") not in PRECISIONS:
-        raise ValueError(f"model.precision must be one of {tuple(PRECISIONS)}, got {cfg.precision!r}")
-    for key in ("width", "depth", "heads", "head_hidden", "head_out"):
-        if int(cfg[key]) <= 0:
-            raise ValueError(f"model.{key} must be positive, got {cfg[key]}")
+    check_modality_specs(cfg, REQUIRED_MODEL_KEYS)
     if cfg.get("projection", "mlp") not in PROJECTIONS:
         raise ValueError(f"model.projection must be one of {PROJECTIONS}, got {cfg.projection!r}")
     if cfg.width % cfg.heads:
         raise ValueError(f"model.width ({cfg.width}) must be divisible by model.heads ({cfg.heads})")
-
-
-def build_model(cfg, seed: int = 0) -> MultimodalModel:
-    """A freshly initialised model from the `model` config section."""
-    return MultimodalModel(cfg, rngs=nnx.Rngs(params=seed))
-
-
-def dummy_inputs(cfg, batch: int = 2) -> dict[str, jax.Array]:
-    """Zeros of each modality's configured input shape, for shape inference and compilation."""
-    return {n: jnp.zeros((batch, *cfg.encoders[n].input_shape), jnp.float32) for n in cfg.modalities}

@@ -1,0 +1,63 @@
+"""The encoder registry: one modality's input -> feature map or sequence, by the name a model config gives."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+from flax import nnx
+
+from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
+from comm_jax.models.sequence_encoders import GRUEncoder, TransformerSequenceEncoder
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
+SEQUENCE_ENCODERS = {"gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
+ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, "none")
+
+
+class NoEncoder(nnx.Module):
+    """Inputs that are already features (e.g. precomputed embeddings) pass through unchanged."""
+
+    def __init__(self, n_features: int):
+        self.out_channels = n_features
+
+    def __call__(self, x, valid=None):
+        return x
+
+
+def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -> tuple[nnx.Module, bool]:
+    """(encoder, whether it is an image encoder) for modality `name` of a model config: images
+    `[batch, h, w, c]` -> `[batch, h', w', C]`; sequences `[batch, steps, features]` (with key-padding
+    `valid` `[batch, steps]`) -> `[batch, steps, C]`; `none` passes features through. Its
+    `out_channels` is C."""
+    kind = spec.get("encoder", "none")
+    args = dict(spec.get("encoder_args", {}))
+    shape = tuple(spec["input_shape"])
+    if kind in IMAGE_ENCODERS:
+        return IMAGE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), True
+    if kind in SEQUENCE_ENCODERS:
+        return SEQUENCE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
+    if kind == "none":
+        return NoEncoder(shape[-1]), False
+    raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")
+
+
+def check_modality_specs(cfg, positive_keys: tuple[str, ...] = ()) -> None:
+    """Fail early, naming the key, on a model config whose modalities, encoders, precision or
+    `positive_keys` cannot build."""
+    missing = [k for k in ("modalities", "encoders", *positive_keys) if k not in cfg]
+    if missing:
+        raise ValueError(f"model config lacks keys {missing}")
+    if len(cfg.modalities) < 1 or len(set(cfg.modalities)) != len(cfg.modalities):
+        raise ValueError(f"model.modalities must be distinct names, got {tuple(cfg.modalities)}")
+    for name in cfg.modalities:
+        if name not in cfg.encoders:
+            raise ValueError(f"model.encoders has no entry for modality {name!r}")
+        if "input_shape" not in cfg.encoders[name]:
+            raise ValueError(f"model.encoders.{name}.input_shape is required")
+    if cfg.get("precision", "float32") not in PRECISIONS:
+        raise ValueError(f"model.precision must be one of {tuple(PRECISIONS)}, got {cfg.precision!r}")
+    for key in positive_keys:
+        if int(cfg[key]) <= 0:
+            raise ValueError(f"model.{key} must be positive, got {cfg[key]}")
