@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from typing import Callable, Sequence
 
 RUN_ERROR = 1     # the run stopped on its files, data or numbers
@@ -182,5 +183,7 @@ def run_program(body: Callable[[list[str]], None], argv: Sequence[str] | None = 
         except Exception:     # the workdir flag itself may be what failed
             where = None
         line, code = describe(error, where)
+        # Orbax's background writers may still fail while the process exits; the line below says why.
+        threading.excepthook = lambda args: None
         print(f"error: {line}", file=sys.stderr, flush=True)
         sys.exit(code)

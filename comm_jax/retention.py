@@ -55,12 +55,15 @@ class Rotation:
         self.store, self.workdir = store, workdir
         self.keep, self.keep_every, self.keep_unevaluated = keep, keep_every, keep_unevaluated
 
-    def after_save(self, saved_step: int) -> list[int]:
-        """Deletes what the policy no longer keeps (the step just saved, possibly still being written,
-        counts as the newest); returns the deleted steps."""
+    def after_save(self, saved_step: int, final: bool = False) -> list[int]:
+        """Deletes what the policy no longer keeps; returns the deleted steps. Until the next step's loss
+        confirms it (or it is the `final` one) the step just saved does not count among the latest `keep`,
+        so a divergence right after it still leaves `keep` good checkpoints."""
         plan = None
         if distributed.is_primary():
             steps = set(self.store.steps()) | {saved_step}
+            if not final:
+                steps.discard(saved_step)
             done = watcher_done(self.workdir)
             delete, unevaluated = plan_deletions(steps, keep=self.keep, keep_every=self.keep_every, done=done,
                                                  keep_unevaluated=self.keep_unevaluated)

@@ -146,7 +146,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, keep_unevaluated: int) 
                     # example index) in tf.data, or of (seed, step, row) on the devices.
                     store.save(step, state, {"position": step, "seed": cfg.seed}, config_json,
                                force=step == cfg.num_steps)
-                    rotation.after_save(step)
+                    rotation.after_save(step, final=step == cfg.num_steps)
             if step < cfg.num_steps:
                 batch = next(device_batches)
         if pending is not None:
