@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -40,12 +40,31 @@ def _check_number(c, key: str, positive: bool) -> None:
         raise ValueError(f"config.{key} must be >= 0, got {value!r}")
 
 
+def _numbers(value: Any, path: str) -> Iterator[tuple[str, float]]:
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+        for key in value.keys():
+            yield from _numbers(value[key], f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _numbers(item, f"{path}[{index}]")
+    elif isinstance(value, float):
+        yield path, value
+
+
+def require_finite_numbers(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first key (e.g. `config.optimizer.lr`) that holds NaN or infinity."""
+    for path, value in _numbers(cfg, "config"):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} must be a finite number, got {value}")
+
+
 def validate(c: ml_collections.ConfigDict) -> methods.Method:
     """Fail at start-up with a message naming the key on a config that cannot run; returns the
     config's method."""
     missing = [k for k in TOP_LEVEL_KEYS if k not in c]
     if missing:
         raise ValueError(f"config lacks top-level keys {missing}")
+    require_finite_numbers(c)
     for key in POSITIVE:
         _check_number(c, key, positive=True)
     for key in NON_NEGATIVE:

@@ -30,7 +30,9 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from comm_jax import distributed
+from comm_jax import cli_errors, distributed
+from comm_jax.cli_errors import ProgramError
+from comm_jax.watch_progress import WatchProgress
 from comm_jax.checkpoints import CheckpointStore, checkpoint_dir, completed_step
 from comm_jax.evaluators import Evaluator, Source, build_evaluators, resolve_config
 from comm_jax.evaluators.data import evaluation_data
@@ -79,7 +81,7 @@ class Watcher:
     restore that failed) is decided on process 0 and broadcast.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, timeout: float = 0.0):
         self.evals = resolve_config(cfg.evals)
         self.evaluators = build_evaluators(self.evals)
         self.mesh = make_mesh(cfg.mesh)
@@ -94,6 +96,7 @@ class Watcher:
         self.store: CheckpointStore | None = None
         self.given_up: set[int] = set()
         self.failures: collections.Counter = collections.Counter()
+        self.progress = WatchProgress(self.workdir, timeout)
 
     def data(self) -> dict[Source, Iterable]:
         """The evaluation (dataset, split)s, loaded on first use and kept for every checkpoint."""
@@ -116,6 +119,8 @@ class Watcher:
                 self.store = CheckpointStore(self.workdir, read_only=True)
             elif state == "missing":
                 raise FileNotFoundError(f"no checkpoints directory at {checkpoint_dir(self.workdir)}")
+            elif distributed.broadcast_from_primary(self.progress.timed_out([]) if distributed.is_primary() else ""):
+                raise ProgramError(self.progress.timeout_message())
             else:
                 if not announced:
                     say(f"waiting for checkpoints in {checkpoint_dir(self.workdir)}")
@@ -170,17 +175,25 @@ class Watcher:
         plan = None
         if distributed.is_primary():
             finished = completed_step(self.workdir) is not None     # read before listing the steps
-            plan = [finished, [s for s in self.store.steps() if s not in self.done and s not in self.given_up]]
-        finished, todo = distributed.broadcast_from_primary(plan)
+            steps = self.store.steps()
+            self.progress.note_listing(self.store, steps, self.done | self.given_up)
+            todo = [s for s in steps if s not in self.done and s not in self.given_up]
+            plan = [finished, todo, "" if finished or todo else self.progress.timed_out(steps)]
+        finished, todo, timed_out = distributed.broadcast_from_primary(plan)
+        if timed_out:
+            raise ProgramError(self.progress.timeout_message())
         return bool(finished), [int(s) for s in todo]
 
     def watch(self, writer: MetricsWriter) -> None:
         """Until the completion marker is present and no retained checkpoint is left to evaluate."""
         self.data()                      # a data error shows now, not after the first checkpoint
+        if distributed.is_primary():     # tells training which checkpoints to keep for this watcher
+            self.progress.publish(lambda: sorted(self.done | self.given_up))
         self._open_store(wait=True)
         while True:
             finished, todo = self._plan()
             if finished and not todo:
+                self.progress.report_never_seen()
                 return
             progressed = any([self.evaluate_step(step, writer) is not None for step in todo])
             if not progressed:
@@ -204,16 +217,21 @@ class Watcher:
         self.done.add(step)
 
     def close(self) -> None:
+        self.progress.close()
         if self.store is not None:
             self.store.close()
 
 
 def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
-             again: bool = False) -> list[dict[str, Any]]:
+             again: bool = False, timeout: float = 0.0) -> list[dict[str, Any]]:
     """Watches `workdir` (or evaluates only `step`), then prints the summary table, writes the plot
-    and returns every row of `metrics/eval.jsonl`. In a multi-process job every process calls it;
-    process 0 writes, prints and plots."""
-    watcher = Watcher(cfg, workdir)
+    and returns every row of `metrics/eval.jsonl`. The watcher gives up after `timeout` seconds (0:
+    never) without a new checkpoint while no trainer holds the workdir. In a multi-process job every
+    process calls it; process 0 writes, prints and plots."""
+    if not os.path.isdir(workdir):
+        raise ProgramError(f"workdir {workdir} does not exist: nothing to evaluate (start training with "
+                           f"--workdir={workdir} first, or check the path)")
+    watcher = Watcher(cfg, workdir, timeout)
     writer = MetricsWriter(workdir, EVAL_LOG, enabled=distributed.is_primary())
     try:
         if step is None:
@@ -232,7 +250,7 @@ def evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, step: int | None =
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
+    from absl import flags
     from absl import logging as absl_logging
     from ml_collections import config_flags
 
@@ -242,20 +260,21 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("step", None, "Evaluate only this checkpoint step, then exit.")
     flags.DEFINE_bool("again", False, "With --step: evaluate it even when eval.jsonl has it (e.g. after "
                       "adding an evaluator); the new row is appended, the old one kept.")
+    flags.DEFINE_float("timeout", 3600.0, "Give up after this many seconds without a new checkpoint while no "
+                       "trainer holds the workdir (0: wait forever).")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
 
     def run(_):
         absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
-        try:
-            distributed.initialize(flags.FLAGS)
-            if flags.FLAGS.again and flags.FLAGS.step is None:
-                raise ValueError("--again needs --step (the watcher evaluates each checkpoint once)")
-            evaluate(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step, again=flags.FLAGS.again)
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
-            raise SystemExit(f"error: {err}")
+        cfg = cli_errors.loaded_config()
+        distributed.initialize(flags.FLAGS)
+        if flags.FLAGS.again and flags.FLAGS.step is None:
+            raise cli_errors.UsageError("--again needs --step (the watcher evaluates each checkpoint once)")
+        evaluate(cfg, flags.FLAGS.workdir, step=flags.FLAGS.step, again=flags.FLAGS.again,
+                 timeout=flags.FLAGS.timeout)
 
-    app.run(run, argv=argv)
+    cli_errors.run_program(run, argv)
 
 
 if __name__ == "__main__":

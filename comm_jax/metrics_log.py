@@ -42,8 +42,19 @@ class MetricsWriter:
                 self._tb = None
 
     def _truncate_after(self, step: int) -> None:
+        kept = []
         with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:   # a line cut short by a crash
+                    print(f"warning: {self.path}:{number} is not valid JSON (an interrupted write?); "
+                          f"dropping it", file=sys.stderr, flush=True)
+                    continue
+                if row.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
         with open(self.path, "w") as f:
             f.writelines(kept)
 

@@ -14,16 +14,15 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
-from comm_jax import config_schema, distributed
+from comm_jax import cli_errors, config_schema, distributed, divergence, lease
 from comm_jax.checkpoints import CheckpointStore, clear_complete, first_difference_in, mark_complete
+from comm_jax.divergence import NonFiniteLoss
 from comm_jax.mesh import make_mesh, put_batch
+from comm_jax.resume import restore_newest_readable
+from comm_jax.retention import Rotation
 from comm_jax.metrics_log import MetricsWriter, Throughput, progress_line, say
 from comm_jax.train_state import abstract_state
 from comm_jax.train_step import build_train_step
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def _device_prefetch(batches: Iterator, mesh, size: int = 2) -> Iterator:
@@ -46,21 +45,49 @@ def _check_resumable(saved: dict[str, Any], cfg: ml_collections.ConfigDict, step
                          f"(use another --workdir, or restore the original value)")
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains to `cfg.num_steps`, resuming from the latest checkpoint in `workdir`. Returns the last
-    logged metrics row."""
+def _take_lease(workdir: str) -> lease.HeartbeatFile | None:
+    """Process 0 takes the workdir's trainer lease; every process stops when it is held elsewhere."""
+    held, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            held = lease.acquire(workdir)
+        except lease.LeaseHeld as error:
+            refusal = str(error)
+    refusal = distributed.broadcast_from_primary(refusal)
+    if refusal:
+        raise lease.LeaseHeld(refusal)
+    return held
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, keep_unevaluated: int = 8) -> dict[str, Any]:
+    """Trains to `cfg.num_steps`, resuming from the newest readable checkpoint in `workdir`. While an
+    evaluation watcher is live, up to `keep_unevaluated` checkpoints it has not evaluated are kept beyond
+    `cfg.keep_ckpts`. Returns the last logged metrics row."""
+    config_schema.validate(cfg)
+    held_lease = _take_lease(workdir)       # before anything is written in the workdir
+    try:
+        return _train(cfg, workdir, keep_unevaluated)
+    finally:
+        if held_lease is not None:
+            held_lease.stop()
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str, keep_unevaluated: int) -> dict[str, Any]:
     from input_pipeline.pipeline import make_train_iterator
 
     primary = jax.process_index() == 0
     mesh = make_mesh(cfg.mesh)
     built = build_train_step(cfg, mesh)
     state, shardings = built.state, built.shardings
-    store = CheckpointStore(workdir, save_every=cfg.ckpt_every, keep=cfg.keep_ckpts,
-                            keep_every=cfg.keep_every or None)
-    start = store.latest_step() or 0
+    # Retention is `Rotation`'s (it spares checkpoints a live watcher has not evaluated), not Orbax's.
+    store = CheckpointStore(workdir, save_every=cfg.ckpt_every, keep=None, keep_every=None)
+    rotation = Rotation(store, workdir, keep=cfg.keep_ckpts, keep_every=cfg.keep_every or None,
+                        keep_unevaluated=keep_unevaluated)
+    start, restored, _ = restore_newest_readable(
+        store, workdir, abstract_state(state, shardings),
+        lambda saved, step: _check_resumable(saved, cfg, step))
     if start:
-        _check_resumable(store.restore_config(start), cfg, start)
-        state, data_state = store.restore(start, abstract_state(state, shardings))
+        state = restored
         say(f"resumed from checkpoint at step {start} in {store.directory}")
     if primary and start < cfg.num_steps:
         clear_complete(workdir)
@@ -88,8 +115,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     def read(step: int, metrics) -> dict[str, float]:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(values["loss"]):
-            raise NonFiniteLoss(f"non-finite loss {values['loss']} at step {step}; the last good checkpoint "
-                                f"(step {store.latest_step()}) is kept")
+            store.wait()
+            raise divergence.halt(workdir, store.steps(), step, f"non-finite loss {values['loss']} at step "
+                                  f"{step}", move=primary)
         return values
 
     try:
@@ -105,10 +133,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step % cfg.ckpt_every == 0 or step == cfg.num_steps:
                 with clock.pause():
                     read(step, metrics)             # never checkpoint a step whose loss is not finite
+                    if not divergence.state_is_finite(state):
+                        store.wait()
+                        raise divergence.halt(workdir, store.steps(), step + 1,
+                                              f"non-finite parameters after step {step} (not saved)", move=primary)
                     # The whole random state: every augmentation is a pure function of (seed, epoch,
                     # example index) in tf.data, or of (seed, step, row) on the devices.
                     store.save(step, state, {"position": step, "seed": cfg.seed}, config_json,
                                force=step == cfg.num_steps)
+                    rotation.after_save(step, final=step == cfg.num_steps)
             if step < cfg.num_steps:
                 batch = next(device_batches)
         if pending is not None:
@@ -118,6 +151,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 last_row = log.write(prev_step, values | clock.report(prev_step))
                 say(progress_line(prev_step, cfg.num_steps, last_row))
     finally:
+        batches.close()       # a tf.data generator left to interpreter exit logs a finalization error
         store.wait()
         log.close()
     if cfg.num_steps > start:
@@ -129,24 +163,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def main(argv=None) -> None:
-    from absl import app, flags, logging
+    from absl import flags, logging
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/trifeatures.py:cpu",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (resumed if it has checkpoints).")
+    flags.DEFINE_integer("keep_unevaluated", 8, "While an evaluation watcher runs beside training, keep up to "
+                         "this many checkpoints it has not evaluated yet beyond config.keep_ckpts (0: off).")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
 
     def run(_):
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save step at INFO
-        try:
-            distributed.initialize(flags.FLAGS)
-            train(flags.FLAGS.config, flags.FLAGS.workdir)
-        except (ValueError, NonFiniteLoss, FileNotFoundError, RuntimeError) as err:
-            raise SystemExit(f"error: {err}")
+        cfg = cli_errors.loaded_config()
+        distributed.initialize(flags.FLAGS)
+        train(cfg, flags.FLAGS.workdir, keep_unevaluated=flags.FLAGS.keep_unevaluated)
 
-    app.run(run, argv=argv)
+    cli_errors.run_program(run, argv, workdir=lambda: flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from comm_jax.batch import VIEW_IDS, BatchSpec, modality_salt
 from input_pipeline import augment
+from input_pipeline.data_errors import unreadable_split_message
 from input_pipeline.iterator_state import TrainStream
 
 Batch = dict[str, Any]  # nested dicts of numpy arrays, layouts in the iterators' docs
@@ -69,7 +70,10 @@ def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | No
     dataset = builder.as_dataset(split=split, shuffle_files=False,
                                  decoders={key: tfds.decode.SkipDecoding() for key in image_keys})
     dataset = dataset.map(lambda record: {key: record[key] for key in wanted})
-    rows = list(dataset.as_numpy_iterator())
+    try:
+        rows = list(dataset.as_numpy_iterator())
+    except tf.errors.OpError as error:
+        raise ValueError(unreadable_split_message(name, split, builder.data_dir, error)) from error
     if not rows:
         raise ValueError(f"split {split!r} of {name!r} is empty")
     ids = np.array([row["id"] if "id" in row else index for index, row in enumerate(rows)])
@@ -237,6 +241,10 @@ class TrainIterator:
         batch = next(self._batches)
         self._position += 1
         return batch
+
+    def close(self) -> None:
+        """Releases the tf.data iterator now; one left to interpreter exit makes TF log a finalization error."""
+        self._batches = iter(())
 
     def get_state(self) -> dict[str, Any]:
         """Small JSON-able dict; ``set_state`` of it resumes at exactly the next batch."""

@@ -1,7 +1,7 @@
 """The training program end to end in subprocesses: a run stopped (cleanly or by SIGKILL between two
 saves) and resumed logs the same losses as an uninterrupted run; a config that does not match the
 checkpoint is refused naming the key; a non-finite loss stops training and keeps the last good
-checkpoint; metrics files are written."""
+checkpoint (the one whose parameters computed it is moved to diverged/); metrics files are written."""
 
 import json
 import os
@@ -110,5 +110,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tfds_dir
     assert "non-finite loss" in proc.stderr
     bad_step = int(proc.stderr.split("non-finite loss")[1].split("at step ")[1].split(";")[0])
     saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
-    assert saved and max(saved) < bad_step
+    assert not saved or max(saved) < bad_step - 1     # the parameters that computed the NaN are not resumed
+    assert os.listdir(os.path.join(workdir, "diverged")) == [str(bad_step - 1)]
     assert not os.path.exists(os.path.join(workdir, "training_complete.json"))
