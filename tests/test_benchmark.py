@@ -30,18 +30,23 @@ def tiny_configs():
     tokens.model.depth = 2
     linear = tokens.copy_and_resolve_references()
     linear.model.projection = "linear"
-    return {"small_cnn": cnn, "fusion_tokens": tokens, "linear_projection": linear}
+    towers = trifeatures.get_config("cpu,loss=cross_self")
+    towers.model.latent, towers.model.head_hidden, towers.model.head_out = 32, 64, 32
+    for spec in towers.model.encoders.values():
+        spec["encoder_args"] = dict(channels=(16, 32))
+        spec["input_shape"] = (16, 16, 3)
+    return {"small_cnn": cnn, "fusion_tokens": tokens, "linear_projection": linear, "towers": towers}
 
 
 def compiled_forward_flops(cfg, batch: int) -> float:
     """XLA's FLOP count of the model's forward pass (the projected embeddings) for `batch` examples."""
     graphdef, state = nnx.split(build_model(cfg.model))
     inputs = {m: jnp.zeros((batch, *cfg.model.encoders[m].input_shape)) for m in cfg.model.modalities}
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[1]).lower(state, inputs).compile()
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[1]).lower(state, inputs).compile()   # projected
     return flops.compiled_flops(forward)
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "fusion_tokens", "linear_projection"])
+@pytest.mark.parametrize("name", ["small_cnn", "fusion_tokens", "linear_projection", "towers"])
 def test_analytic_forward_flops_match_cost_analysis(name):
     cfg = tiny_configs()[name]
     analytic = flops.model_forward(cfg.model, 4)["total"]
@@ -61,9 +66,11 @@ def test_analytic_head_flops_follow_the_projection():
     assert removed == pytest.approx(compiled["fusion_tokens"] - compiled["linear_projection"], rel=HEAD_TOLERANCE)
 
 
-def test_analytic_train_step_flops_match_cost_analysis():
-    cfg = tiny_configs()["fusion_tokens"]
+@pytest.mark.parametrize("name", ["fusion_tokens", "towers"])
+def test_analytic_train_step_flops_match_cost_analysis(name):
+    cfg = tiny_configs()[name]
     cfg.batch_size = 8
+    cfg.data.augment_on_device = False
     row = bench_config(cfg, make_mesh([("data", -1)], jax.devices()[:1]), steps=1, warmup=0, peaks={},
                        compile_only=True)
     assert row["analytic_over_compiled"] == pytest.approx(1.0, abs=TRAIN_STEP_TOLERANCE)

@@ -147,24 +147,26 @@ def test_class_balanced_probe_finds_a_rare_class_the_unweighted_probe_misses():
 
 
 class _FakeContext:
-    """Features of two modalities: each alone, and a fused Z that differs from their concatenation."""
+    """Features of two modalities of the `default` dataset: each alone, and a fused Z that differs
+    from their concatenation. Sources are (dataset, split) pairs."""
 
     modalities = ("a", "b")
 
     def __init__(self, labels):
         rng = np.random.default_rng(7)
         n = len(next(iter(labels["train"].values())))
-        self._z = {(split, subset): rng.normal(size=(n, 3)).astype(np.float32)
+        self._z = {(("default", split), subset): rng.normal(size=(n, 3)).astype(np.float32)
                    for split in ("train", "test") for subset in (("a",), ("b",), ("a", "b"))}
         self._labels = labels
         self.read = []
 
-    def z(self, split, subset):
-        self.read.append((split, tuple(subset)))
-        return self._z[split, tuple(subset)]
+    def z(self, source, subset):
+        self.read.append((source[1], tuple(subset)))
+        return self._z[source, tuple(subset)]
 
-    def labels(self, split, key):
-        return self._labels[split][key]
+    def labels(self, source, key):
+        assert source[0] == "default"
+        return self._labels[source[1]][key]
 
 
 def test_probe_features_concat_reads_each_modality_alone_and_tasks_selects_metrics():
@@ -175,16 +177,17 @@ def test_probe_features_concat_reads_each_modality_alone_and_tasks_selects_metri
         "p": {"type": "linear_probe", "features": "concat", "tasks": ("S",), "Cs": (1.0,)},
         "q": {"type": "linear_probe", "Cs": (1.0,)}}})
     concat, joint = build_evaluators(evals)
-    assert concat.requests(("a", "b")) == [("train", ("a",)), ("train", ("b",)), ("test", ("a",)), ("test", ("b",))]
-    assert joint.requests(("a", "b")) == [("train", ("a", "b")), ("test", ("a", "b"))]
+    train, test = ("default", "train"), ("default", "test")
+    assert concat.requests(("a", "b")) == [(train, ("a",)), (train, ("b",)), (test, ("a",)), (test, ("b",))]
+    assert joint.requests(("a", "b")) == [(train, ("a", "b")), (test, ("a", "b"))]
     ctx = _FakeContext(labels)
     np.testing.assert_array_equal(concat.features(ctx, "test"),
-                                  np.concatenate([ctx.z("test", ("a",)), ctx.z("test", ("b",))], axis=1))
+                                  np.concatenate([ctx.z(test, ("a",)), ctx.z(test, ("b",))], axis=1))
     ctx.read.clear()
     metrics = concat.evaluate(ctx)
     assert set(metrics) == {"p/S"} and ("train", ("a", "b")) not in ctx.read
-    x_train = np.concatenate([ctx.z("train", ("a",)), ctx.z("train", ("b",))], 1)
-    x_test = np.concatenate([ctx.z("test", ("a",)), ctx.z("test", ("b",))], 1)
+    x_train = np.concatenate([ctx.z(train, ("a",)), ctx.z(train, ("b",))], 1)
+    x_test = np.concatenate([ctx.z(test, ("a",)), ctx.z(test, ("b",))], 1)
     expected = linear_probe(x_train, labels["train"]["s"], x_test, labels["test"]["s"], Cs=(1.0,))
     assert metrics["p/S"] == pytest.approx(expected.metrics[""])
     assert set(joint.evaluate(ctx)) == {"q/K", "q/S"}
@@ -192,6 +195,19 @@ def test_probe_features_concat_reads_each_modality_alone_and_tasks_selects_metri
                        ({"class_weight": "auto"}, "evaluators.p.class_weight")):
         with pytest.raises(ValueError, match=match):
             build_evaluators(resolve_config({"tasks": {"S": "s"}, "evaluators": {"p": {"type": "linear_probe", **bad}}}))
+
+
+def test_evaluators_read_the_dataset_they_name():
+    from comm_jax.evaluators import build_evaluators
+    evals = resolve_config({"probe_data": "probe_set", "datasets": {"shifted": "other_set"}, "tasks": {"K": "k"},
+                            "evaluators": {"p": {"type": "linear_probe"},
+                                           "q": {"type": "knn", "dataset": "shifted"}}})
+    assert dict(evals.datasets) == {"default": "probe_set", "shifted": "other_set"}
+    p, q = build_evaluators(evals)
+    assert p.sources() == [("default", "train"), ("default", "test")]
+    assert q.requests(("a",)) == [(("shifted", "train"), ("a",)), (("shifted", "test"), ("a",))]
+    with pytest.raises(ValueError, match=r"evaluators.q.dataset='nowhere' is not a key of config.evals.datasets"):
+        build_evaluators(resolve_config({"evaluators": {"q": {"type": "knn", "dataset": "nowhere"}}}))
 
 
 def test_evals_config_errors_name_the_key():
@@ -232,6 +248,7 @@ def run(setup):
     """Training and evaluation started side by side as two processes on one workdir."""
     root, config_file, data_dir, _ = setup
     workdir = str(root / "run")
+    os.makedirs(workdir)                # as launch/local.sh: the watcher refuses a workdir that does not exist
     evaluator = _launch("comm_jax.evaluate", config_file, data_dir, workdir, root / "eval.log")
     trainer = _launch("comm_jax.train", config_file, data_dir, workdir, root / "train.log")
     codes = trainer.wait(PROCESS_TIMEOUT), evaluator.wait(PROCESS_TIMEOUT)
@@ -262,7 +279,8 @@ def test_training_and_evaluation_processes_evaluate_each_checkpoint_once(run):
 @pytest.fixture(scope="module")
 def sources(setup):
     cfg = setup[3]
-    return evaluate_mod.evaluation_data(cfg, resolve_config(cfg.evals))
+    evals = resolve_config(cfg.evals)
+    return evaluate_mod.evaluation_data(cfg, evals, [("default", evals.train_split), ("default", evals.test_split)])
 
 
 @pytest.fixture

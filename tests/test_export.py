@@ -19,10 +19,11 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 import input_pipeline  # noqa: F401  (registers bimodal_trifeatures)
+from comm_jax import methods
 from comm_jax.checkpoints import CheckpointStore, mark_complete
 from comm_jax.export import ExportError, export, flatten_variables, load
-from comm_jax.models import build_model
-from comm_jax.train_state import TrainState, make_optimizer, split_model
+from comm_jax.models import build_model, split_model
+from comm_jax.train_state import TrainState, make_optimizer
 from configs import trifeatures
 from input_pipeline.pipeline import make_eval_iterator
 
@@ -31,27 +32,26 @@ STEP = 5
 SUBSETS = [("image_1",), ("image_2",), ("image_1", "image_2")]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A TrainState checkpoint saved the way training saves it, its parameters moved away from
-    initialisation, and the in-memory state it came from. (A real training run is exercised by
-    tests/test_evaluate.py; its train-step compile would double this module's time.)"""
-    root = tmp_path_factory.mktemp("export")
-    data_dir = str(root / "tfds")
-    tfds.builder("bimodal_trifeatures/32px", data_dir=data_dir).download_and_prepare()
-    cfg = trifeatures.get_config("cpu")
-    cfg.model.update(dict(width=32, heads=2, head_hidden=64, head_out=32))
+def save_trained(root: Path, loss: str, data_dir: str):
+    """A TrainState checkpoint of `loss`'s trainable saved the way training saves it, its parameters
+    moved away from initialisation, and the in-memory state it came from. (A real training run is
+    exercised by tests/test_evaluate.py; its train-step compile would double this module's time.)"""
+    cfg = trifeatures.get_config(f"cpu,loss={loss}")
+    if loss == "comm":
+        cfg.model.update(dict(width=32, heads=2, head_hidden=64, head_out=32))
+    else:
+        cfg.model.update(dict(latent=16, head_out=32))
     for m in cfg.model.modalities:
         cfg.model.encoders[m].encoder_args.channels = (8, 16, 16)
     cfg.data.data_dir = data_dir
-    model = build_model(cfg.model, seed=cfg.seed)
-    graphdef, params, batch_stats = split_model(model)
+    trainable = methods.build(cfg).build(nnx.Rngs(params=cfg.seed))
+    graphdef, params, batch_stats = split_model(trainable)
     rng = np.random.default_rng(7)
     params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + 0.1 * rng.normal(size=x.shape), x.dtype), params)
     tx, _ = make_optimizer(cfg.optimizer, cfg.num_steps)
     state = TrainState(step=jnp.asarray(STEP, jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=tx.init(params))
-    workdir = str(root / "run")
+    workdir = str(root / f"run-{loss}")
     store = CheckpointStore(workdir)
     store.save(STEP, state, {"position": STEP}, cfg.to_json(), force=True)
     store.wait()
@@ -62,6 +62,25 @@ def trained(tmp_path_factory):
                 data_dir=data_dir)
 
 
+def trained_model(trained):
+    """The model part of the saved trainable, in evaluation mode."""
+    model = nnx.merge(trained["graphdef"], trained["state"].params, trained["state"].batch_stats).model
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("bimodal_trifeatures/32px", data_dir=directory).download_and_prepare()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    return save_trained(tmp_path_factory.mktemp("export"), "comm", data_dir)
+
+
 @pytest.fixture(scope="module")
 def exported(trained):
     return export(trained["workdir"], str(trained["root"] / "export"))
@@ -70,10 +89,8 @@ def exported(trained):
 def test_exported_model_gives_the_training_time_z_for_every_subset(trained, exported):
     loaded = load(exported)
     assert loaded.modalities == ("image_1", "image_2") and loaded.width == 32 and loaded.step == STEP
-    trained_model = nnx.merge(trained["graphdef"], trained["state"].params, trained["state"].batch_stats)
-    trained_model.eval()
     inputs = trained["inputs"]
-    expected = np.asarray(trained_model.representations(inputs, SUBSETS))   # [subsets, batch, width]
+    expected = np.asarray(trained_model(trained).representations(inputs, SUBSETS))   # [subsets, batch, width]
     for subset, reference in zip(SUBSETS, expected):
         z = np.asarray(loaded.embed(inputs, modalities=subset))
         assert z.shape == (16, 32)
@@ -82,6 +99,21 @@ def test_exported_model_gives_the_training_time_z_for_every_subset(trained, expo
     with np.load(os.path.join(exported, "params.npz")) as saved:          # trained values, not the init
         assert sorted(saved) == sorted(initial)
         assert not any(np.allclose(saved[k], initial[k]) for k in initial if initial[k].std() > 0)
+
+
+def test_exported_towers_give_each_images_projection_concatenated(tmp_path, data_dir):
+    """Cross's export: Z of a subset is its images' CLIP projections in the subset's order."""
+    trained = save_trained(tmp_path, "cross", data_dir)
+    loaded = load(export(trained["workdir"], str(tmp_path / "export")))
+    model = trained_model(trained)
+    _, projected = model(trained["inputs"])
+    assert loaded.manifest["representation"].startswith("each modality's own vector")
+    np.testing.assert_allclose(loaded.embed(trained["inputs"]), np.concatenate([projected[0], projected[1]], -1),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded.embed(trained["inputs"], modalities=("image_2",)), projected[1],
+                               rtol=1e-5, atol=1e-5)
+    with np.load(tmp_path / "export" / "params.npz") as saved:
+        assert not any("logit_scale" in k for k in saved)      # the method's own parameters stay out
 
 
 def test_cli_writes_params_config_manifest_and_embeddings(trained):

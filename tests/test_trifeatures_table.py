@@ -43,31 +43,34 @@ def test_config_argument_selects_size_and_bias(driver, variant, res, biased, siz
 
 
 @pytest.mark.parametrize("method", ["comm", "cross_self", "cross"])
-def test_crop_reaches_the_simclr_views_only(driver, method):
+def test_crop_reaches_the_strong_views_only(driver, method):
     tokens = driver.config_arg("cpu", 64, method, False, crop=0.5).split(":", 1)[1]
-    views = trifeatures.get_config(tokens).data.augment
-    default = trifeatures.get_config(driver.config_arg("cpu", 64, method, False).split(":", 1)[1]).data.augment
+    views = trifeatures.get_config(tokens).data.views
+    default = trifeatures.get_config(driver.config_arg("cpu", 64, method, False).split(":", 1)[1]).data.views
+    assert set(views) == set(default) == {"comm": {"view1", "view2"}, "cross": {"weak"},
+                                          "cross_self": {"weak", "view1", "view2"}}[method]
     for name in ("image_1", "image_2"):
-        assert views[name].startswith("random_resized_crop(64, scale=(0.5, 1.0))")
-        if method == "cross":     # the weak views crop 0.5-1 whatever the token says
-            assert views[name] == default[name]
-        else:                     # only the crop differs from the config's default (20% at cpu)
-            assert default[name].startswith("random_resized_crop(64, scale=(0.2, 1.0))")
-            assert views[name].split("|")[1:] == default[name].split("|")[1:]
+        for view in views:
+            if view == "weak":    # the weak views crop 0.5-1 whatever the token says, no colour ops
+                assert views[view][name] == default[view][name] == "random_resized_crop(64, scale=(0.5, 1.0))|normalize"
+                continue
+            assert views[view][name].startswith("random_resized_crop(64, scale=(0.5, 1.0))")
+            # only the crop differs from the config's default (20% at cpu)
+            assert default[view][name].startswith("random_resized_crop(64, scale=(0.2, 1.0))")
+            assert views[view][name].split("|")[1:] == default[view][name].split("|")[1:]
 
 
-def test_head_token_selects_the_projection_and_mlp_configs_stay_as_saved_runs_have_them():
-    for tokens in ("cpu,loss=cross", "cpu,loss=comm,head=linear"):      # Cross projects linearly by default
-        c = trifeatures.get_config(tokens)
-        assert c.model.projection == "linear"
-        assert type(build_model(c.model).head).__name__ == "LinearProjection"
-    for tokens in ("cpu,loss=cross,head=mlp", "cpu,loss=comm", "cpu,loss=cross_self"):
-        # absent means mlp: a run saved before the token existed still resumes and is reused by the driver
-        c = trifeatures.get_config(tokens)
-        assert "projection" not in c.model
-        assert type(build_model(c.model).head).__name__ == "ProjectionHead"
-    with pytest.raises(ValueError, match="head="):
-        trifeatures.get_config("cpu,head=deep")
+@pytest.mark.parametrize("method, model, head", [("comm", "MultimodalModel", "ProjectionHead"),
+                                                 ("cross", "TowersModel", "LinearProjection"),
+                                                 ("cross_self", "TowersModel", None)])
+def test_each_method_gets_the_references_model(method, model, head):
+    c = trifeatures.get_config(f"cpu,loss={method}")
+    built = build_model(c.model)
+    assert type(built).__name__ == model
+    if head:
+        assert type(built.head).__name__ == head
+    else:                                 # one MLP head per image
+        assert set(built.heads) == {"image_1", "image_2"}
 
 
 @pytest.mark.parametrize("bad", ["crop=0", "crop=1.5", "crop=half"])
@@ -165,21 +168,12 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
 
     # The same root asked for other crops, or more steps, stops on the first run it would reuse, naming
     # what differs, and runs nothing: its runs were trained otherwise (work directories don't say).
-    for extra, named in (["--crop=0.5"], "data.augment.image_1 = 'random_resized_crop(64, scale=(0.2, 1.0))"), \
+    for extra, named in (["--crop=0.5"], "data.views.view1.image_1 = 'random_resized_crop(64, scale=(0.2, 1.0))"), \
                          (["--override", "num_steps=40"], "num_steps = 30, this table asks for 40"):
         monkeypatch.setattr(sys, "argv", argv + extra)
         with pytest.raises(SystemExit, match=re.escape(named)) as stopped:
             driver.main()
         assert "comm-seed0-unbiased" in str(stopped.value) and calls == []
-    # Cross trained with its default linear projection is not the table of Cross with the MLP head (the
-    # tables written before session 8): the driver passes head=mlp to Cross only, and stops on the first Cross run.
-    assert all("head=" not in a for c in trains for a in c)
-    monkeypatch.setattr(sys, "argv", argv + ["--cross_head=mlp"])
-    with pytest.raises(SystemExit, match=r"cross-seed0-unbiased: its run was trained with model\.projection = 'linear'"):
-        driver.main()
-    assert calls == []
-    assert driver.config_arg("cpu", 64, "comm", False, cross_head="mlp") == "configs/trifeatures.py:cpu,res=64,loss=comm"
-    assert driver.config_arg("cpu", 64, "cross", True, cross_head="mlp").endswith("loss=cross,bias=true,head=mlp")
 
 
 def test_target_checks_at_the_boundaries(driver):
