@@ -169,15 +169,16 @@ def target_checks(table) -> dict[str, dict[str, bool]]:
     return checks
 
 
-def markdown(table, n_seeds: int, variant: str, checks, res: int | None = None, crop: float | None = None) -> str:
-    size = (f" at {res} px" if res else "") + (f", SimCLR crops from {crop:.0%} of the area" if crop is not None else "")
-    lines = [f"Linear probe accuracy (%) on frozen Z, {variant} variant{size}, mean ± std over {n_seeds} seed(s); "
-             "paper in brackets. S_bal: the same features, class-balanced probe (the paper has no such column).",
-             "", "| method | R | U | S | S_bal |", "| --- | --- | --- | --- | --- |"]
+def markdown(table, seeds: dict[str, int], variant: str, checks, res: int | None = None,
+             crop: float | None = None) -> str:
+    size = (f" at {res} px" if res else "") + (f", strong views cropping from {crop:.0%} of the area" if crop is not None else "")
+    lines = [f"Linear probe accuracy (%) on frozen representations, {variant} variant{size}, mean ± std over "
+             "seeds; paper in brackets. S_bal: the same features, class-balanced probe (the paper has no such column).",
+             "", "| method | seeds | R | U | S | S_bal |", "| --- | --- | --- | --- | --- | --- |"]
     for method, row in table.items():
         cells = [f"{row[t][0]:.1f} ± {row[t][1]:.1f}" + (f" ({PAPER[method][t]:.1f})" if t in PAPER[method] else "")
                  for t in TASKS]
-        lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {NAMES[method]} | {seeds[method]} | " + " | ".join(cells) + " |")
     if variant == "cpu" and checks:
         lines += ["", "CPU-variant targets: " + "; ".join(
             f"{NAMES[m]} {name} {'met' if ok else 'MISSED'}" for m, found in checks.items() for name, ok in found.items())]
@@ -219,6 +220,9 @@ def main() -> None:
     parser.add_argument("--methods", default="comm,cross,cross_self")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    parser.add_argument("--include", action="append", default=[],
+                        help="a table.json of the same setting whose per-seed rows of other methods join the table "
+                             "(e.g. runs trained on another machine); repeatable")
     args = parser.parse_args()
 
     started = time.time()
@@ -233,6 +237,15 @@ def main() -> None:
             results[method].append({k: 100.0 * v for k, v in (
                 ("R", unbiased["probe/R"]), ("U", (unbiased["probe/U1"] + unbiased["probe/U2"]) / 2),
                 ("S", biased["probe/S"]), ("S_bal", biased["probe_bal/S"]))})
+    for path in args.include:
+        with open(path) as f:
+            included = json.load(f)
+        for key in ("variant", "res", "crop"):
+            if included.get(key) != getattr(args, key):
+                raise SystemExit(f"{path}: its {key} is {included.get(key)!r}, this table's {getattr(args, key)!r}")
+        for method, rows in included["per_seed"].items():
+            if method not in results:
+                results[method] = rows
     table = summarise(results)
     checks = target_checks(table)
     os.makedirs(args.root, exist_ok=True)
@@ -240,12 +253,12 @@ def main() -> None:
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
         json.dump({"variant": args.variant, "res": args.res, "crop": args.crop,
-                   "seeds": args.seeds, "per_seed": results,
+                   "seeds": args.seeds, "per_seed": results, "included": args.include,
                    "table": {m: {t: {"mean": v[0], "std": v[1]} for t, v in row.items()} for m, row in table.items()},
                    "paper": PAPER, "targets": checks, "command": " ".join(sys.argv), "commit": commit,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
-    text = markdown(table, args.seeds, args.variant, checks, args.res, args.crop)
+    text = markdown(table, {m: len(rows) for m, rows in results.items()}, args.variant, checks, args.res, args.crop)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     bar_chart(table, os.path.join(args.root, "table.png"))
