@@ -3,7 +3,8 @@ synergistic information about the label (input_pipeline/synthetic_info.py).
 
 get_config(arg) tokens (comma-separated):
   cpu          the variant sized for a 2-core CPU: width 64, 600 steps
-  loss=NAME    comm (default), cross, cross_self, factorcl (a method of comm_jax.methods)
+  loss=NAME    comm (default), cross, cross_self, factorcl (a method of comm_jax.methods); FactorCL's
+               view1 is the example as it is, its view2 the strong view, as the reference
   mix=NAME     the builder config: which information the label holds (redundant, unique1, unique2,
                synergy, redundant_unique1, unique1_synergy, redundant_synergy, redundant_unique1_synergy
                (default), synergy_noisy)
@@ -75,6 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.precision = c.get_ref("precision")
 
     ops = _view_ops(remove)
+    if c.loss.name == "factorcl":
+        # FactorCL pairs each example as it is (view1) with one augmented view (view2); its CLUB
+        # critics take 5 Adam steps per step, as the reference's.
+        ops["view1"] = {m: "" for m in MODALITIES}
+        c.loss.critic_hidden = 128 if cpu else 512
+        c.loss.critic_steps = 5
     c.data = ml_collections.ConfigDict(dict(
         name=f"synthetic_info/{mix}",
         data_dir=ml_collections.config_dict.placeholder(str),
