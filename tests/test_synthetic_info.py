@@ -108,7 +108,7 @@ def test_resample_latent_removes_the_block_it_names_and_keeps_the_other(noise):
         assert np.var(latents[:, 10:]) == pytest.approx(synthetic_info.LATENT_VARIANCE, rel=0.1)
 
 
-@pytest.mark.parametrize("loss", ["comm", "cross", "cross_self"])
+@pytest.mark.parametrize("loss", ["comm", "cross", "cross_self", "factorcl"])
 def test_config_trains_each_method_on_the_builder(data_dir, loss):
     cfg = synthetic_info_config.get_config(f"cpu,loss={loss},remove=unique")
     cfg.data.data_dir = data_dir
