@@ -46,13 +46,29 @@ def learning_rate_schedule(opt_cfg, num_steps: int) -> Callable[[jax.Array], jax
     raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {kind!r}")
 
 
-def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+def held_still(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx`'s state, never updated, and zero updates: what the main update does to a method's critics,
+    whose own steps (`train_step.make_critic_update`) advance that state."""
+    def update(updates, state, params=None):
+        return jax.tree.map(jnp.zeros_like, updates), state
+    return optax.GradientTransformation(tx.init, update)
+
+
+def make_optimizer(opt_cfg, num_steps: int, method: Method | None = None
+                   ) -> tuple[optax.GradientTransformation, Callable]:
+    """AdamW (with `grad_clip`) and its schedule. With a method that has critics, the parameters
+    `method.critic_mask` marks are held still by it and carry `method.critic_optimizer`'s state under
+    the partition's `critic` group."""
     schedule = learning_rate_schedule(opt_cfg, num_steps)
     tx = optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
                      eps=opt_cfg.get("eps", 1e-8), weight_decay=float(opt_cfg.weight_decay), mask=decay_mask)
     clip = float(opt_cfg.get("grad_clip", 0.0))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    if method is not None and method.critic_steps() > 0:
+        def groups(params):
+            return jax.tree.map(lambda critic: "critic" if critic else "main", method.critic_mask(params))
+        tx = optax.partition({"main": tx, "critic": held_still(method.critic_optimizer())}, groups)
     return tx, schedule
 
 
@@ -61,7 +77,7 @@ def _init_state(cfg, method: Method, abstract: bool):
         return method.build(nnx.Rngs(params=cfg.seed))
     trainable = nnx.eval_shape(build) if abstract else build()
     graphdef, params, batch_stats = split_model(trainable)
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps, method)
 
     def init(params, batch_stats):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,

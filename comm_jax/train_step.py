@@ -1,6 +1,6 @@
 """The jitted train step, built by one function for training, the AOT check and the benchmark: the
 views through the method's model, its objective inside `jax.shard_map` as local rows against
-gathered columns, gradients, AdamW."""
+gathered columns, gradients, AdamW, then the method's critic updates if it has critics."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from comm_jax.methods import Method
 from comm_jax.train_state import TrainState, abstract_train_state, create_train_state
 
 
-def sharded_objective(method: Method, mesh: Mesh) -> Callable:
+def sharded_objective(method: Method, mesh: Mesh, objective: Callable | None = None) -> Callable:
     """(embeddings {name: [groups, batch, dim]}, scalars) -> (loss, metrics), each device scoring its
-    local rows of the batch against the gathered columns."""
+    local rows of the batch against the gathered columns; `objective` defaults to `method.objective`."""
     axes = batch_axes(mesh)
-    local = functools.partial(method.objective, axis_name=axes)
+    local = functools.partial(objective or method.objective, axis_name=axes)
     return jax.shard_map(lambda emb, sc: local(emb, sc), mesh=mesh,
                          in_specs=(P(None, axes, None), P()), out_specs=P())
 
@@ -50,6 +50,37 @@ def make_loss_fn(graphdef, method: Method, mesh: Mesh) -> Callable:
         return loss, (metrics, nnx.state(trainable, nnx.BatchStat))
 
     return loss_fn
+
+
+def make_critic_update(graphdef, method: Method, mesh: Mesh) -> Callable | None:
+    """(params, batch_stats, opt_state, views, valid) -> (params, opt_state, metrics): the method's
+    `critic_steps` updates of its critics (see `Method.critic_objective`) on the embeddings of the
+    updated model, their optimizer state in `opt_state.inner_states["critic"]`; None without critics."""
+    steps = method.critic_steps()
+    if steps <= 0:
+        return None
+    objective = sharded_objective(method, mesh, method.critic_objective)
+    critic_tx = optax.masked(method.critic_optimizer(), method.critic_mask)
+
+    def update(params, batch_stats, opt_state, views, valid):
+        trainable = nnx.merge(graphdef, params, batch_stats)
+        embeddings = jax.lax.stop_gradient(method.embeddings(trainable.model, views, valid))
+
+        def critic_loss(params):
+            return objective(embeddings, method.scalars(nnx.merge(graphdef, params, batch_stats).extra))
+
+        def one_step(carry, _):
+            params, critic_state = carry
+            (_, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(params)
+            updates, critic_state = critic_tx.update(grads, critic_state, params)
+            return (optax.apply_updates(params, updates), critic_state), metrics
+
+        (params, critic_state), metrics = jax.lax.scan(
+            one_step, (params, opt_state.inner_states["critic"]), None, length=steps)
+        opt_state = opt_state._replace(inner_states={**opt_state.inner_states, "critic": critic_state})
+        return params, opt_state, jax.tree.map(lambda m: m[-1], metrics)
+
+    return update
 
 
 def device_views(spec: BatchSpec) -> Callable | None:
@@ -83,6 +114,7 @@ def make_train_step(graphdef, method: Method, spec: BatchSpec, mesh: Mesh, tx: o
     """One jitted, donated step: (state, batch) -> (state, metrics). Shardings are explicit: the
     state as `state_shardings`, the batch split over the mesh, metrics replicated."""
     loss_fn = make_loss_fn(graphdef, method, mesh)
+    critic_update = make_critic_update(graphdef, method, mesh)
     augment = device_views(spec)
     views_sharding = None
     if augment is not None:
@@ -97,6 +129,10 @@ def make_train_step(graphdef, method: Method, spec: BatchSpec, mesh: Mesh, tx: o
             (state.params, state.batch_stats), batch["views"], batch.get("valid"))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(method.constrain(state.params), updates)
+        if critic_update is not None:
+            params, opt_state, critic_metrics = critic_update(params, batch_stats, opt_state, batch["views"],
+                                                              batch.get("valid"))
+            metrics = dict(metrics, **critic_metrics)
         metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics

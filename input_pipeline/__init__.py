@@ -1,3 +1,5 @@
-"""Input pipeline of comm-jax: TFDS builders, augmentations and tf.data construction."""
+"""Input pipeline of comm-jax: TFDS builders, augmentation ops and tf.data construction."""
 
-from input_pipeline import trifeatures  # registers the TFDS builder
+from input_pipeline import controlled_augment  # noqa: F401  (registers the controlled ops)
+from input_pipeline import synthetic_info  # noqa: F401  (registers the TFDS builder)
+from input_pipeline import trifeatures  # noqa: F401  (registers the TFDS builder)

@@ -18,6 +18,7 @@ EVALUATOR_TYPES: dict[str, str | type] = {
     "linear_probe": "comm_jax.evaluators.linear_probe:LinearProbe",
     "knn": "comm_jax.evaluators.knn:KNN",
     "retrieval": "comm_jax.evaluators.retrieval:Retrieval",
+    "pid": "comm_jax.evaluators.pid:PIDEvaluator",
 }
 
 DEFAULT_EVALS: dict[str, Any] = dict(

@@ -16,6 +16,7 @@ METHODS: dict[str, str | type] = {
     "cross_self": "comm_jax.methods.cross_self:CrossSelf",
     "cmc": "comm_jax.methods.cmc:CMC",
     "simclr": "comm_jax.methods.simclr:SimCLR",
+    "factorcl": "comm_jax.methods.factorcl:FactorCL",
 }
 
 

@@ -85,6 +85,27 @@ class Method:
         scale there). Default: unchanged."""
         return params
 
+    # Critics trained by an objective of their own (FactorCL's CLUB critics): the train step holds the
+    # parameters `critic_mask` marks still in the main update, then, after it, takes `critic_steps`
+    # updates of them with `critic_optimizer` on `critic_objective` of the batch's embeddings, recomputed
+    # with the updated model and not differentiated. Default: no critics.
+
+    def critic_steps(self) -> int:
+        return 0
+
+    def critic_mask(self, params: Any) -> Any:
+        """Pytree of bools like `params` (paths start with `model` or `extra`): True on critic parameters."""
+        raise NotImplementedError
+
+    def critic_optimizer(self):
+        """The `optax.GradientTransformation` of the critics (its state rides in the train state)."""
+        raise NotImplementedError
+
+    def critic_objective(self, embeddings: Embeddings, scalars: Mapping[str, jax.Array],
+                         axis_name) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(critic loss, metrics) over the global batch, inside `jax.shard_map` like `objective`."""
+        raise NotImplementedError
+
     def loss_flops(self, batch: int) -> int:
         """Similarity-matmul FLOPs of the objective over a global `batch` (2 per multiply-add)."""
         raise NotImplementedError

@@ -9,11 +9,13 @@ from flax import nnx
 
 from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
 from comm_jax.models.sequence_encoders import GRUEncoder, TransformerSequenceEncoder
+from comm_jax.models.vector_encoders import VectorMLP
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
 SEQUENCE_ENCODERS = {"gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
-ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, "none")
+VECTOR_ENCODERS = {"mlp": VectorMLP}
+ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, "none")
 
 
 class NoEncoder(nnx.Module):
@@ -29,8 +31,8 @@ class NoEncoder(nnx.Module):
 def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -> tuple[nnx.Module, bool]:
     """(encoder, whether it is an image encoder) for modality `name` of a model config: images
     `[batch, h, w, c]` -> `[batch, h', w', C]`; sequences `[batch, steps, features]` (with key-padding
-    `valid` `[batch, steps]`) -> `[batch, steps, C]`; `none` passes features through. Its
-    `out_channels` is C."""
+    `valid` `[batch, steps]`) -> `[batch, steps, C]`; vectors `[batch, F]` -> `[batch, C]`; `none` passes
+    features through. Its `out_channels` is C."""
     kind = spec.get("encoder", "none")
     args = dict(spec.get("encoder_args", {}))
     shape = tuple(spec["input_shape"])
@@ -38,6 +40,8 @@ def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -
         return IMAGE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), True
     if kind in SEQUENCE_ENCODERS:
         return SEQUENCE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
+    if kind in VECTOR_ENCODERS:
+        return VECTOR_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
     if kind == "none":
         return NoEncoder(shape[-1]), False
     raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")

@@ -36,13 +36,14 @@ def _masked_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
 class PooledEncoder(nnx.Module):
     """One modality: encoder -> one vector `[batch, latent]`.
 
-    `flatten` (images; the reference's AlexNetEncoder): the whole feature map flattened, then a
-    linear layer. `mean`: the mean over positions or valid steps, then a linear layer.
+    `flatten` (images, the reference's AlexNetEncoder, and vectors): the whole feature map
+    flattened, then a linear layer. `mean`: the mean over positions or valid steps, then a linear layer.
     """
 
     def __init__(self, name: str, spec: Mapping[str, Any], latent: int, *, dtype, rngs: nnx.Rngs):
         self.encoder, self.is_image = make_encoder(name, spec, dtype=dtype, rngs=rngs)
-        self.pool = spec.get("pool", "flatten" if self.is_image else "mean")
+        vector = len(tuple(spec["input_shape"])) == 1   # one vector per example: nothing to pool over
+        self.pool = spec.get("pool", "flatten" if self.is_image or vector else "mean")
         if self.pool not in POOLS:
             raise ValueError(f"model.encoders.{name}.pool must be one of {POOLS}, got {self.pool!r}")
         if self.pool == "flatten":
