@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 FEATURE_SETS = ("joint", "single", "concat")
 FUSED = "z"
 FAILURE = "failure"
+ID_TEST = "<id test>"     # the ID test split among the scored splits, apart from any dataset key
 DEFAULT_SCORES = ("msp", "energy", "knn", "mahalanobis", "relative_mahalanobis", "disagreement", "interaction")
 
 
@@ -142,10 +143,10 @@ class OOD(Evaluator):
         train = self._feature_sets(ctx, train_source)
         num_train = len(train[FUSED])
         train_y = np.asarray(self.labels(ctx, self.evals.train_split, label_key))[:num_train]
-        scored = {"test": self._feature_sets(ctx, test_source)}
+        scored = {ID_TEST: self._feature_sets(ctx, test_source)}
         scored.update({shift: self._feature_sets(ctx, source)
                        for shift, source in zip(self.args["shifts"], self._shift_sources())})
-        test_y = np.asarray(self.labels(ctx, self.evals.test_split, label_key))[:len(scored["test"][FUSED])]
+        test_y = np.asarray(self.labels(ctx, self.evals.test_split, label_key))[:len(scored[ID_TEST][FUSED])]
         classes = np.unique(train_y)
         logits: dict[str, dict[str, np.ndarray]] = {}       # split -> set -> [m, classes]
         for set_name in train:
@@ -153,7 +154,7 @@ class OOD(Evaluator):
                                      C=float(self.args["C"]), max_iter=int(self.args["max_iter"]))
             for split, values in per_split.items():
                 logits.setdefault(split, {})[set_name] = values
-        correct = {s: predicted_classes(logits["test"][s], classes) == test_y for s in train}
+        correct = {s: predicted_classes(logits[ID_TEST][s], classes) == test_y for s in train}
 
         metrics: dict[str, float] = {}
         unimodal = [s for s in train if s.startswith("z_")]
@@ -202,7 +203,7 @@ class OOD(Evaluator):
 
     def _metrics(self, score: str, feature: str, scores_of: Callable[[str], np.ndarray],
                  correct: np.ndarray) -> dict[str, float]:
-        in_scores = scores_of("test")
+        in_scores = scores_of(ID_TEST)
         out: dict[str, float] = {}
         for shift in self.args["shifts"]:
             for metric, value in ood_metrics(in_scores, scores_of(shift)).items():
