@@ -34,7 +34,7 @@ from comm_jax import cli_errors, distributed
 from comm_jax.cli_errors import ProgramError
 from comm_jax.watch_progress import WatchProgress
 from comm_jax.checkpoints import CheckpointStore, checkpoint_dir, completed_step
-from comm_jax.evaluators import Evaluator, Source, build_evaluators, resolve_config
+from comm_jax.evaluators import Evaluator, Source, build_evaluators, extraction_limit, resolve_config
 from comm_jax.evaluators.data import evaluation_data
 from comm_jax.evaluators.features import EvalContext
 from comm_jax.evaluators.frozen_model import FrozenModel, restore_frozen_model
@@ -50,18 +50,17 @@ def evaluate_model(model: FrozenModel, evaluators: Sequence[Evaluator], sources:
                    evals: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, float]:
     """Every evaluator's metrics for one model; one that fails is logged with its error and left out."""
     requests: dict[Source, list] = collections.defaultdict(list)
+    readers: dict[Source, list[Evaluator]] = collections.defaultdict(list)
     runnable = []
     for evaluator in evaluators:
         try:
             for source, subset in evaluator.requests(model.modalities):
                 requests[source].append(tuple(subset))
+                readers[source].append(evaluator)
             runnable.append(evaluator)
         except Exception as error:
             log.error("evaluator %r failed at step %s: %s", evaluator.name, model.step, error)
-    limits = {}
-    for dataset, split in requests:
-        limit = {evals.train_split: evals.train_examples, evals.test_split: evals.test_examples}.get(split, 0)
-        limits[dataset, split] = limit
+    limits = {source: extraction_limit(source, readers[source], evals) for source in requests}
     ctx = EvalContext(model, mesh, sources, requests, limits)
     metrics: dict[str, float] = {}
     for evaluator in runnable:

@@ -66,6 +66,25 @@ def _make_config(image_size: int, biased: bool) -> BimodalTrifeaturesConfig:
         image_size=image_size, biased=biased)
 
 
+def pair_features(image_size: int) -> tfds.features.FeaturesDict:
+    """The features of one example: two `[image_size, image_size, 3]` uint8 PNG images and the labels."""
+    image = tfds.features.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="png")
+    shapes = tfds.features.ClassLabel(names=render.SHAPE_NAMES)
+    textures = tfds.features.ClassLabel(names=render.TEXTURE_NAMES)
+    colors = tfds.features.ClassLabel(names=render.COLOR_NAMES)
+    return tfds.features.FeaturesDict({
+        "image_1": image,
+        "image_2": image,
+        "shape": shapes,
+        "texture_1": textures,
+        "texture_2": textures,
+        "color_1": colors,
+        "color_2": colors,
+        "synergy": tfds.features.ClassLabel(num_classes=2),
+        "id": np.int64,
+    })
+
+
 class BimodalTrifeatures(tfds.core.GeneratorBasedBuilder):
     """Bimodal Trifeatures pairs, generated offline (see the module docstring)."""
 
@@ -76,24 +95,9 @@ class BimodalTrifeatures(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "224px"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.image_size
-        image = tfds.features.Image(shape=(size, size, 3), dtype=np.uint8, encoding_format="png")
-        shapes = tfds.features.ClassLabel(names=render.SHAPE_NAMES)
-        textures = tfds.features.ClassLabel(names=render.TEXTURE_NAMES)
-        colors = tfds.features.ClassLabel(names=render.COLOR_NAMES)
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image_1": image,
-                "image_2": image,
-                "shape": shapes,
-                "texture_1": textures,
-                "texture_2": textures,
-                "color_1": colors,
-                "color_2": colors,
-                "synergy": tfds.features.ClassLabel(num_classes=2),
-                "id": np.int64,
-            }),
+            features=pair_features(self.builder_config.image_size),
             homepage="https://github.com/Duplums/CoMM",
             citation=_CITATION,
             metadata=tfds.core.MetadataDict(

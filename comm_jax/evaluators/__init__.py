@@ -19,6 +19,7 @@ EVALUATOR_TYPES: dict[str, str | type] = {
     "knn": "comm_jax.evaluators.knn:KNN",
     "retrieval": "comm_jax.evaluators.retrieval:Retrieval",
     "pid": "comm_jax.evaluators.pid:PIDEvaluator",
+    "ood": "comm_jax.evaluators.ood:OOD",
 }
 
 DEFAULT_EVALS: dict[str, Any] = dict(
@@ -101,6 +102,12 @@ class Evaluator:
         its dataset (a fit-then-score evaluator)."""
         return [self.source(s) for s in dict.fromkeys((self.evals.train_split, self.evals.test_split))]
 
+    def example_limit(self, source: Source) -> int:
+        """How many of the first examples of `source` this evaluator reads (0: all); a split is
+        extracted up to the largest limit of the evaluators reading it, within `train_examples` /
+        `test_examples`."""
+        return 0
+
     def features(self, ctx, split: str) -> np.ndarray:
         """`[examples, dim]` features of `split` of this evaluator's dataset: the subsets of
         `feature_subsets`, concatenated."""
@@ -118,6 +125,17 @@ class Evaluator:
     def evaluate(self, ctx) -> dict[str, float]:
         """Metrics `{f"{self.name}/...": value}` for one checkpoint; `ctx` is a features.EvalContext."""
         raise NotImplementedError
+
+
+def extraction_limit(source: Source, readers: Sequence[Evaluator], evals: ml_collections.ConfigDict) -> int:
+    """The number of first examples of `source` to extract (0: all): `evals.train_examples` /
+    `test_examples` for the train / test split, lowered to the largest `example_limit` of `readers`
+    when every one of them has a limit."""
+    configured = {evals.train_split: evals.train_examples, evals.test_split: evals.test_examples}.get(source[1], 0)
+    wanted = [int(reader.example_limit(source)) for reader in readers]
+    needed = max(wanted) if wanted and 0 not in wanted else 0
+    limits = [limit for limit in (int(configured), needed) if limit]
+    return min(limits) if limits else 0
 
 
 def register(type_name: str, cls: type) -> None:

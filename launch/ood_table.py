@@ -1,0 +1,166 @@
+"""OOD-detection table on the shifted Bimodal Trifeatures: does keeping modality-specific information
+(CoMM) detect shifts better than cross-modal alignment (Cross, CLIP-style) or Cross+Self?
+
+For each method and seed: pretrain with `ood=true` on in-distribution pairs (unbiased; and biased by
+the texture->colour mapping M for the synergy shift), evaluate the final checkpoint with the `ood`
+evaluator, and write the AUROC of one score (`--score`, default knn) per shift kind on the fused Z
+(`z`), on image 1's and image 2's own Z for the shifts of image 1 (which modality the score blames),
+and failure prediction on the ID test split. Runs are reused when their work directory has results
+(the same checks as launch/trifeatures_table.py).
+
+    python launch/ood_table.py --root=workdirs/ood_table [--res=64] [--seeds=1] [--methods=comm,cross,cross_self] \\
+        [--score=knn] [--override num_steps=1500]
+
+Writes ROOT/table.json (every `ood/` metric of every run), ROOT/table.md and ROOT/table.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import trifeatures_table as runs  # noqa: E402  (run, final_metrics, check_same_run, ROOT on sys.path)
+from configs.trifeatures import BIASED_SHIFTS, UNBIASED_SHIFTS  # noqa: E402
+
+NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Self"}
+FEATURES = ("z", "z_image_1", "z_image_2")
+
+
+def config_arg(res: int, method: str, biased: bool) -> str:
+    """The `--config` of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,loss=comm,ood=true,bias=true."""
+    return f"configs/trifeatures.py:cpu,res={res},loss={method},ood=true" + (",bias=true" if biased else "")
+
+
+def needed(score: str, biased: bool) -> list[str]:
+    return [f"ood/{shift}/{score}/z/auroc" for shift in (BIASED_SHIFTS if biased else UNBIASED_SHIFTS)]
+
+
+def pretrain_and_score(args, method: str, seed: int, biased: bool) -> dict[str, float]:
+    """The final checkpoint's `ood/` metrics of one pretraining, training and evaluating it when needed."""
+    config = config_arg(args.res, method, biased)
+    workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
+    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
+    if args.data_dir:
+        overrides.append(f"--config.data.data_dir={args.data_dir}")
+    final = runs.completed_step(workdir)
+    if final is not None:
+        runs.check_same_run(workdir, final, config, overrides)
+    row = runs.final_metrics(workdir)
+    keys = needed(args.score, biased)
+    if row is None or any(k not in row for k in keys):
+        again = []
+        if row is None:
+            runs.run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
+        else:
+            again = ["--again"]
+        final = runs.completed_step(workdir)
+        runs.run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}",
+                  f"--step={final}", *again, *overrides])
+        row = runs.final_metrics(workdir)
+        missing = [k for k in keys if k not in (row or {})]
+        if missing:
+            raise SystemExit(f"{workdir}: the evaluation of step {final} lacks {missing} (see its eval log)")
+    return {k: v for k, v in row.items() if k.startswith("ood/")}
+
+
+def columns(score: str) -> list[tuple[str, str]]:
+    """(column name, metric key) of the table: each shift on z, image-1 shifts on each image's Z, failure."""
+    cols = [(shift, f"ood/{shift}/{score}/z/auroc") for shift in UNBIASED_SHIFTS + BIASED_SHIFTS]
+    cols += [(f"{shift} @{feature}", f"ood/{shift}/{score}/{feature}/auroc")
+             for shift in UNBIASED_SHIFTS if shift.endswith("_1") for feature in FEATURES[1:]]
+    cols += [("failure AUROC", f"ood/failure/{score}/z/auroc"), ("failure AURC", f"ood/failure/{score}/z/aurc")]
+    return cols
+
+
+def summarise(per_seed: dict[str, list[dict[str, float]]], score: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """method -> column -> (mean, std over seeds) of the columns every seed has."""
+    table = {}
+    for method, rows in per_seed.items():
+        table[method] = {}
+        for name, key in columns(score):
+            values = [row[key] for row in rows if key in row]
+            if len(values) == len(rows):
+                table[method][name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    return table
+
+
+def markdown(table, score: str, res: int, n_seeds: int) -> str:
+    names = [name for name, _ in columns(score) if any(name in row for row in table.values())]
+    lines = [f"AUROC of `{score}` (ID test vs each shift; 0.5 is chance), Bimodal Trifeatures at {res} px, CPU "
+             f"variant, mean ± std over {n_seeds} seed(s). `@z_image_k`: the score on image k's own Z; `synergy` "
+             "after pretraining on M-biased pairs; failure: predicting the texture-1 probe's errors (AURC: lower "
+             "is better).", "", "| method | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for method, row in table.items():
+        cells = [f"{row[n][0]:.3f} ± {row[n][1]:.3f}" if n in row else "-" for n in names]
+        lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(table, score: str, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    shifts = [s for s in UNBIASED_SHIFTS + BIASED_SHIFTS if any(s in row for row in table.values())]
+    fig, ax = plt.subplots(figsize=(1.1 * len(shifts) + 2, 3.4))
+    width = 0.8 / max(len(table), 1)
+    for i, (method, row) in enumerate(table.items()):
+        x = np.arange(len(shifts)) + (i - (len(table) - 1) / 2) * width
+        ax.bar(x, [row.get(s, (np.nan, 0))[0] for s in shifts], width, yerr=[row.get(s, (0, 0))[1] for s in shifts],
+               label=NAMES.get(method, method))
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(shifts)), shifts, rotation=30, ha="right")
+    ax.set_ylabel(f"AUROC ({score}, fused Z)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(frameon=False, ncol=len(table), loc="lower center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="workdirs/ood_table")
+    parser.add_argument("--res", type=int, choices=(32, 64), default=64)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--methods", default="comm,cross,cross_self")
+    parser.add_argument("--score", default="knn", help="the score of the table (every score is kept in the JSON)")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    args = parser.parse_args()
+
+    started = time.time()
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    for method in args.methods.split(","):
+        if method not in NAMES:
+            raise SystemExit(f"unknown method {method!r}; known: {sorted(NAMES)}")
+        per_seed[method] = [{**pretrain_and_score(args, method, seed, biased=False),
+                             **pretrain_and_score(args, method, seed, biased=True)} for seed in range(args.seeds)]
+    table = summarise(per_seed, args.score)
+    os.makedirs(args.root, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runs.ROOT, capture_output=True,
+                            text=True).stdout.strip() or None
+    with open(os.path.join(args.root, "table.json"), "w") as f:
+        json.dump({"res": args.res, "seeds": args.seeds, "score": args.score, "per_seed": per_seed,
+                   "table": {m: {c: {"mean": v[0], "std": v[1]} for c, v in row.items()} for m, row in table.items()},
+                   "command": " ".join(sys.argv), "commit": commit,
+                   "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+                   "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
+    text = markdown(table, args.score, args.res, args.seeds)
+    with open(os.path.join(args.root, "table.md"), "w") as f:
+        f.write(text)
+    bar_chart(table, args.score, os.path.join(args.root, "table.png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

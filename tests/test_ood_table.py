@@ -1,0 +1,74 @@
+"""The OOD table driver (launch/ood_table.py): the pretrainings it runs per method and seed, the runs it
+reuses, and the table it writes, checked with a fake trainer and evaluator that write the files the
+real ones write (the real evaluator is run on a tiny run in test_ood_evaluator.py)."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from comm_jax.checkpoints import mark_complete
+from configs import trifeatures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def driver():
+    spec = importlib.util.spec_from_file_location("ood_table", os.path.join(ROOT, "launch", "ood_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_metrics(method: str, seed: int, biased: bool) -> dict[str, float]:
+    value = {"comm": 0.8, "cross": 0.6}[method] + 0.01 * seed
+    shifts = ("synergy",) if biased else trifeatures.UNBIASED_SHIFTS
+    row = {f"ood/{s}/knn/{f}/auroc": value for s in shifts for f in ("z", "z_image_1", "z_image_2")}
+    row.update({"ood/failure/knn/z/auroc": value - 0.1, "ood/failure/knn/z/aurc": 0.2, "probe/R": 0.9})
+    return row
+
+
+def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+        workdir, config = flags["--workdir"], flags["--config"]
+        method, biased = config.split("loss=")[1].split(",")[0], "bias=true" in config
+        if cmd[2] == "comm_jax.train":
+            os.makedirs(workdir, exist_ok=True)
+            mark_complete(workdir, 30)
+        else:
+            os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
+            with open(os.path.join(workdir, "metrics", "eval.jsonl"), "a") as f:
+                f.write(json.dumps({"step": int(flags["--step"]),
+                                    **fake_metrics(method, int(flags["--config.seed"]), biased)}) + "\n")
+
+    monkeypatch.setattr(driver.runs, "run", fake_run)
+    monkeypatch.setattr(driver.runs, "check_same_run", lambda *a: None)   # fake runs have no checkpoints
+    monkeypatch.setattr(driver, "bar_chart", lambda table, score, path: open(path, "w").close())
+    monkeypatch.setattr(sys, "argv", ["ood_table.py", f"--root={tmp_path}", "--seeds=2", "--methods=comm,cross",
+                                      "--override", "num_steps=30"])
+    driver.main()
+
+    trains = [c for c in calls if c[2] == "comm_jax.train"]
+    assert len(trains) == 8 and len([c for c in calls if c[2] == "comm_jax.evaluate"]) == 8
+    configs = {a.split("=", 1)[1] for c in trains for a in c if a.startswith("--config=")}
+    assert configs == {f"configs/trifeatures.py:cpu,res=64,loss={m},ood=true{b}"
+                       for m in ("comm", "cross") for b in ("", ",bias=true")}
+    out = json.loads((tmp_path / "table.json").read_text())
+    assert out["table"]["comm"]["texture_1"]["mean"] == pytest.approx(0.805)
+    assert out["table"]["cross"]["synergy"]["std"] == pytest.approx(0.00707, abs=1e-4)
+    assert out["table"]["comm"]["texture_1 @z_image_2"]["mean"] == pytest.approx(0.805)
+    assert "probe/R" not in out["per_seed"]["comm"][0]
+    text = (tmp_path / "table.md").read_text()
+    assert "| CoMM | 0.805 ± 0.007" in text and "64 px" in text
+
+    calls.clear()
+    driver.main()             # every run done and evaluated: nothing runs again
+    assert calls == []
+
