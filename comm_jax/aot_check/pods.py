@@ -16,6 +16,8 @@ TOPOLOGY_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 12
 # Accelerator-type prefix -> (the topology descriptor's generation name, 2D?, cores per chip in the name).
 GENERATIONS = {"v4": ("v4", False, 2), "v5p": ("v5", False, 2), "v5e": ("v5e", True, 1),
                "v6e": ("v6e", True, 1)}
+# Two-core chips (v4, v5p) run as one JAX device per chip ("megacore"), as on a real pod.
+MEGACORE = ("v4", "v5")
 CHIPS_PER_HOST_BOUNDS = (2, 2, 1)
 INSTALL_HINT = ("compiling for a TPU topology needs the TPU compiler: pip install 'comm-jax[aot]' "
                 "(or: pip install 'jax[tpu]==<your jax version>', which brings the matching libtpu wheel)")
@@ -37,6 +39,10 @@ class Pod:
         for d in dims:
             chips *= d
         return chips * self.slices
+
+    @property
+    def chip_config(self) -> str:
+        return "megacore" if self.topology.split(":", 1)[0] in MEGACORE else "default"
 
     @property
     def label(self) -> str:
@@ -79,10 +85,12 @@ def libtpu_available() -> bool:
 
 
 def prepare_environment() -> None:
-    """Before JAX starts: run on the CPU backend, and keep libtpu from asking a TPU VM's metadata
-    server about a chip this host does not have."""
+    """Before JAX starts: run on the CPU backend, keep libtpu from asking a TPU VM's metadata server
+    about a chip this host does not have, and let several compiler-only processes load libtpu (its
+    lockfile guards real chips, which none of them touches)."""
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["TPU_SKIP_MDS_QUERY"] = "1"
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def pod_devices(pod: Pod) -> list:
@@ -92,7 +100,7 @@ def pod_devices(pod: Pod) -> list:
     from jax.experimental import topologies
 
     description = topologies.get_topology_desc(platform="tpu", topology_name=pod.topology,
-                                               chip_config_name="default",
+                                               chip_config_name=pod.chip_config,
                                                chips_per_host_bounds=CHIPS_PER_HOST_BOUNDS,
                                                num_slices=pod.slices)
     return list(description.devices)

@@ -61,7 +61,7 @@ def advice(needed_gib: float, capacity_gib: float, global_batch: int, chips: int
     """What to change when a step needs `needed_gib` per chip: a global batch that would fit if the
     batch-dependent part (`needed - fixed`) scales linearly, and the other levers."""
     usable = capacity_gib * USABLE_FRACTION
-    hint = ""
+    hint = "lower config.batch_size, "
     if needed_gib > fixed_gib and usable > fixed_gib:
         per_chip = int((global_batch // chips) * (usable - fixed_gib) / (needed_gib - fixed_gib))
         if per_chip >= 1:
