@@ -6,6 +6,8 @@ Figures are vendor datasheet peaks in TFLOP/s per device (a GPU, or a TPU chip a
   TF32 tensor cores on Ampere and later GPUs, one bf16 pass on TPU (see the JAX "Matmul precision"
   guide); `float32_ieee`: true float32 arithmetic (GPU CUDA cores; TPU bf16 x6 passes, HIGHEST).
 CPUs have no datasheet entry here: `measure_matmul_peak` times a large `jnp.dot` on the host.
+`CHIP_MEMORY` holds the same chips' memory and link figures, for the ahead-of-time plans' memory
+fit and roofline estimate.
 """
 
 from __future__ import annotations
@@ -31,6 +33,36 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "tpu v5": {"bfloat16": 459.0, "float32": 459.0, "float32_ieee": 459.0 / 6},       # v5p reports "TPU v5"
     "tpu v6 lite": {"bfloat16": 918.0, "float32": 918.0, "float32_ieee": 918.0 / 6},  # v6e (Trillium)
 }
+
+
+# device_kind key -> memory per chip (GiB), HBM bandwidth and interconnect bandwidth (GB/s,
+# bidirectional, summed over the chip's links: ICI on TPU, NVLink on GPU). Sources: Cloud TPU system
+# architecture pages (v5e: 16 GB, 819 GB/s, ICI 400 GB/s; v5p: 95 GiB, 2765 GB/s, ICI 1200 GB/s;
+# v6e: 32 GB, 1638 GB/s, ICI 800 GB/s; v4: 32 GiB, 1200 GB/s), v4's ICI from "How to Scale Your
+# Model" (jax-ml scaling book, TPU chapter: 6 links of 45 GB/s each way), and NVIDIA's datasheets
+# (H100/H200 SXM NVLink 900 GB/s, A100 SXM 600 GB/s).
+CHIP_MEMORY: dict[str, dict[str, float]] = {
+    "h200": {"hbm_gib": 141.0, "hbm_gbps": 4800.0, "interconnect_gbps": 900.0},
+    "h100 pcie": {"hbm_gib": 80.0, "hbm_gbps": 2000.0, "interconnect_gbps": 600.0},
+    "h100 nvl": {"hbm_gib": 94.0, "hbm_gbps": 3900.0, "interconnect_gbps": 600.0},
+    "h100": {"hbm_gib": 80.0, "hbm_gbps": 3350.0, "interconnect_gbps": 900.0},
+    "a100": {"hbm_gib": 80.0, "hbm_gbps": 2039.0, "interconnect_gbps": 600.0},
+    "tpu v4": {"hbm_gib": 32.0, "hbm_gbps": 1200.0, "interconnect_gbps": 540.0},
+    "tpu v5 lite": {"hbm_gib": 16.0, "hbm_gbps": 819.0, "interconnect_gbps": 400.0},
+    "tpu v5e": {"hbm_gib": 16.0, "hbm_gbps": 819.0, "interconnect_gbps": 400.0},
+    "tpu v5p": {"hbm_gib": 95.0, "hbm_gbps": 2765.0, "interconnect_gbps": 1200.0},
+    "tpu v5": {"hbm_gib": 95.0, "hbm_gbps": 2765.0, "interconnect_gbps": 1200.0},
+    "tpu v6 lite": {"hbm_gib": 32.0, "hbm_gbps": 1638.0, "interconnect_gbps": 800.0},
+}
+
+
+def chip_spec(device_kind: str) -> dict[str, float | str] | None:
+    """Peaks and memory figures of a chip (`key`, the `PEAK_TFLOPS` and `CHIP_MEMORY` entries
+    merged), or None when the chip is unknown. `device_kind` may also be a table key ("h100")."""
+    entry = table_entry(device_kind)
+    if entry is None or entry[0] not in CHIP_MEMORY:
+        return None
+    return {"key": entry[0], **entry[1], **CHIP_MEMORY[entry[0]]}
 
 
 def table_entry(device_kind: str) -> tuple[str, dict[str, float]] | None:

@@ -1,0 +1,190 @@
+"""The pod plan table (docs/benchmarks/pod_plans.{json,md}): the full-size Trifeatures and fusion-heavy
+configs and a large-batch config compiled for TPU pods, the fused loss against the reference's
+N x N loss at the same batch, and the largest global batch per pod for each config.
+
+Each result is appended to the JSON as soon as it is compiled, so an interrupted run keeps what it
+compiled; a rerun skips the cases already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from comm_jax.aot_check import pods, roofline
+from comm_jax.aot_check import plan as planning
+
+PODS = ("v5e-16", "v4-64", "v5p-128", "v5e-256")
+CONFIGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+FSDP_RULES = ((r".*blocks\..*kernel(\.value)?", (None, "fsdp")),)
+# name -> (config file and argument, overrides, per-chip batch of the first compile or None, global batches)
+ROWS: dict[str, tuple[str, dict[str, Any], int | None, tuple[int, ...]]] = {
+    "trifeatures": ("trifeatures.py", {}, 64, ()),
+    "fusion_heavy": ("fusion_heavy.py", {}, 16, ()),
+    "fusion_heavy_fsdp4": ("fusion_heavy.py", {"mesh": [("data", -1), ("fsdp", 4)],
+                                               "param_sharding": FSDP_RULES}, 16, ()),
+    "large_batch": ("trifeatures.py", {"precision": "bfloat16"}, None, (16_384, 65_536)),
+}
+LOSS_BATCHES = (16_384, 65_536)
+LOSS_EMBEDDINGS, LOSS_DIM = 3, 256        # CoMM on two modalities: n + 1 embeddings of the head's 256
+
+
+def load_row_config(row: str, global_batch: int):
+    from comm_jax.benchmark import load_config
+
+    name, overrides, _, _ = ROWS[row]
+    cfg = load_config(os.path.join(CONFIGS_DIR, name))
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    cfg.batch_size = global_batch
+    return cfg
+
+
+def _summary(step: dict[str, Any]) -> dict[str, Any]:
+    out = {"compile_s": round(step["compile_s"], 1), "fits": step.get("fits", False)}
+    if "compiler_oom" in step:
+        return out | {"needs_gib": round(step["compiler_oom"]["needed_gib"], 2), "compiler_oom": True}
+    m = step["memory_bytes"]
+    out |= {"peak_gib": round(m["peak"] / roofline.GIB, 3), "state_gib": round(m["output"] / roofline.GIB, 3),
+            "tflop_per_chip": round(step["flops"] / 1e12, 4),
+            "collective_sent_mb": round(step["collective_sent_bytes"] / 1e6, 2),
+            "collectives": {k: v["count"] for k, v in step["collectives"].items()}}
+    if "roofline" in step:
+        out |= {"roofline_ms": round(step["roofline"]["step_s_lower_bound"] * 1e3, 3),
+                "bound_by": step["roofline"]["bound_by"]}
+    return out
+
+
+def compile_row(row: str, pod: pods.Pod, devices, global_batch: int) -> dict[str, Any]:
+    from comm_jax.peaks import chip_spec
+
+    cfg = load_row_config(row, global_batch)
+    chip = chip_spec(devices[0].device_kind)
+    entry = {"kind": "step", "row": row, "pod": pod.name, "chips": len(devices), "global_batch": global_batch,
+             "per_chip_batch": global_batch // len(devices), "capacity_gib": chip["hbm_gib"]}
+    try:
+        report = planning.plan(cfg, devices, chip, steps=("train",))
+        return entry | _summary(report["steps"]["train"])
+    except planning.StepDoesNotFit as error:
+        return entry | _summary(error.report)
+
+
+def compile_loss(impl: str, pod: pods.Pod, devices, global_batch: int) -> dict[str, Any]:
+    """The loss alone (value and gradient in the embeddings), fused or the reference's, on a data mesh."""
+    from comm_jax.bench import loss as loss_bench
+    from comm_jax.mesh import batch_axes, make_mesh
+    from comm_jax.peaks import chip_spec
+
+    mesh = make_mesh([("data", -1)], devices)
+    sharding = NamedSharding(mesh, P(None, batch_axes(mesh), None))
+    views = jax.ShapeDtypeStruct((LOSS_EMBEDDINGS, global_batch, LOSS_DIM), jax.numpy.float32, sharding=sharding)
+    step = loss_bench.value_and_grad_step(loss_bench.objectives(mesh)[impl], mesh)
+    chip = chip_spec(devices[0].device_kind)
+    entry = {"kind": "loss", "row": f"loss_{impl}", "pod": pod.name, "chips": len(devices),
+             "global_batch": global_batch, "per_chip_batch": global_batch // len(devices),
+             "capacity_gib": chip["hbm_gib"]}
+    try:
+        return entry | _summary(planning.compile_program("loss", step, (views, views), {}, batch=global_batch,
+                                                         mesh=mesh, chip=chip, precision="float32"))
+    except planning.StepDoesNotFit as error:
+        return entry | _summary(error.report)
+
+
+def predicted_max_per_chip(entry: dict[str, Any]) -> int | None:
+    """Largest per-chip batch if memory beyond the state grows linearly with it, rounded down to a
+    multiple of 8, from one compiled (or refused) point."""
+    used = entry.get("peak_gib", entry.get("needs_gib"))
+    state = entry.get("state_gib", 0.0)
+    if not used or used <= state:
+        return None
+    per_example = (used - state) / entry["per_chip_batch"]
+    best = int((entry["capacity_gib"] * roofline.USABLE_FRACTION - state) / per_example)
+    return best // 8 * 8 if best >= 8 else best or None
+
+
+class Table:
+    """The JSON results file, appended to as each case compiles."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.entries: list[dict[str, Any]] = []
+        if os.path.exists(path):
+            with open(path) as f:
+                self.entries = json.load(f)["entries"]
+
+    def find(self, **keys) -> dict[str, Any] | None:
+        return next((e for e in self.entries if all(e.get(k) == v for k, v in keys.items())), None)
+
+    def run(self, keys: dict[str, Any], compile_case: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        done = self.find(**keys)
+        if done is not None:
+            return done
+        start = time.perf_counter()
+        try:
+            entry = compile_case() | keys
+        except Exception as error:  # one case the compiler rejects must not stop the table
+            entry = dict(keys, fits=False, compile_s=round(time.perf_counter() - start, 1), chips=0,
+                         per_chip_batch=0, capacity_gib=0, error=str(error).splitlines()[0][:300])
+        print(f"{entry['pod']:>8} {entry['row']:<20} batch {entry['global_batch']:>6}: "
+              f"{'fits' if entry['fits'] else 'does not fit'} {entry.get('peak_gib', entry.get('needs_gib'))} GiB "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        self.entries.append(entry)
+        self.save()
+        return entry
+
+    def save(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "w") as f:
+            json.dump({"jax": jax.__version__, "entries": self.entries}, f, indent=1)
+
+
+def largest_batch(table: Table, row: str, pod: pods.Pod, devices, first: dict[str, Any]) -> None:
+    """Compile at the linear prediction; when refused, once more at the prediction from that refusal."""
+    chips = len(devices)
+    guess = predicted_max_per_chip(first)
+    for _ in range(2):
+        if not guess:
+            return
+        entry = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": guess * chips,
+                           "search": "largest"}, lambda: compile_row(row, pod, devices, guess * chips))
+        if entry["fits"]:
+            return
+        smaller = predicted_max_per_chip(entry)
+        guess = min(smaller, guess - 8) if smaller else None
+
+
+def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
+    """Compile every case, the cheap loss programs first, then each row over all pods."""
+    table = Table(out + ".json")
+    targets = [(pod, pods.pod_devices(pod)) for pod in map(pods.parse_pod, pod_names)]
+    if "loss" in rows:
+        for pod, devices in targets:
+            for batch in LOSS_BATCHES:
+                for impl in ("fused", "reference"):
+                    table.run({"kind": "loss", "row": f"loss_{impl}", "pod": pod.name, "global_batch": batch},
+                              lambda: compile_loss(impl, pod, devices, batch))
+    for row in (r for r in rows if r in ROWS):
+        _, _, per_chip, batches = ROWS[row]
+        for pod, devices in targets:
+            for batch in batches:
+                table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": batch},
+                          lambda: compile_row(row, pod, devices, batch))
+            if per_chip:
+                first = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": per_chip * len(devices)},
+                                  lambda: compile_row(row, pod, devices, per_chip * len(devices)))
+                largest_batch(table, row, pod, devices, first)
+    return table
+
+
+def main(pod_names: Sequence[str] | None, rows: Sequence[str] | None, out: str) -> None:
+    from comm_jax.aot_check import table_markdown
+
+    table = build(pod_names or PODS, rows or ("loss", *ROWS), out)
+    with open(out + ".md", "w") as f:
+        f.write(table_markdown.render(table.entries))
+    print(f"wrote {out}.json and {out}.md")

@@ -1,0 +1,78 @@
+"""The pod plan table as Markdown: the largest global batch per pod, every compiled step, and the fused
+loss against the reference's N x N loss."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+HEADER = """# Pod plans: what fits where
+
+Compiled ahead of time by the TPU compiler (`libtpu`) for each pod's topology on a CPU-only host:
+`python -m comm_jax.aot_check --table`. Memory is per chip from the compiled executable
+(arguments + outputs + temporaries - donated aliases); "refused" means the compiler itself ran out of
+HBM and said how much the step needs. The roofline column is an **estimate**: the largest of
+FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth and collective bytes sent / interconnect
+bandwidth (chip figures in `comm_jax/peaks.py`), a lower bound on step time, never a measurement.
+
+Rows: `trifeatures` is `configs/trifeatures.py` at full size (AlexNet on 224 px, float32, views drawn
+on the chips); `fusion_heavy` is `configs/fusion_heavy.py` (12-layer width-768 fusion over 2 x 128
+tokens), `_fsdp4` with its block kernels and their optimizer state sharded over a 4-way `fsdp` axis;
+`large_batch` is the full-size Trifeatures model in bfloat16 at global batches 16,384 and 65,536 with
+the fused loss.
+"""
+
+
+def _gib(entry: dict[str, Any]) -> str:
+    if entry.get("compiler_oom"):
+        return f"refused: needs {entry['needs_gib']:.1f}"
+    return f"{entry['peak_gib']:.2f}"
+
+
+def _largest(entries: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["## Largest global batch per pod (compiled and fitting)", "",
+             "| config | " + " | ".join(pods := list(dict.fromkeys(e["pod"] for e in entries))) + " |",
+             "|---|" + "---|" * len(pods)]
+    for row in dict.fromkeys(e["row"] for e in entries if e["kind"] == "step"):
+        cells = []
+        for pod in pods:
+            fitting = [e for e in entries if e["row"] == row and e["pod"] == pod and e["fits"]]
+            best = max(fitting, key=lambda e: e["global_batch"], default=None)
+            cells.append("none compiled" if best is None else f"{best['global_batch']:,} ({best['per_chip_batch']}/chip)")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines + ["", "Each pod's largest batch is the linear "
+                        "prediction from the first compile, rounded down to a multiple of 8 per chip, then "
+                        "compiled; the true limit may be a little higher.", ""]
+
+
+def _steps(entries: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["## Every compiled train step", "",
+             "| config | pod | chips | global batch | per chip | peak GiB | of GiB | fits | TFLOP/chip | "
+             "collectives sent MB | roofline ms (bound) | compile s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted((e for e in entries if e["kind"] == "step"), key=lambda e: (e["row"], e["chips"], e["global_batch"])):
+        roof = f"{e['roofline_ms']:.1f} ({e['bound_by']})" if "roofline_ms" in e else "-"
+        lines.append(f"| {e['row']} | {e['pod']} | {e['chips']} | {e['global_batch']:,} | {e['per_chip_batch']} | "
+                     f"{_gib(e)} | {e['capacity_gib']:g} | {'yes' if e['fits'] else 'no'} | "
+                     f"{e.get('tflop_per_chip', '-')} | {e.get('collective_sent_mb', '-')} | {roof} | {e['compile_s']} |")
+    return lines + [""]
+
+
+def _loss(entries: Sequence[dict[str, Any]]) -> list[str]:
+    losses = [e for e in entries if e["kind"] == "loss"]
+    if not losses:
+        return []
+    lines = ["## The fused loss against the reference's N x N loss (value and gradient, per chip)", "",
+             "Embeddings `[3, N, 256]` (CoMM on two modalities) sharded over a data mesh. Fused: each chip scores "
+             "its rows against the gathered columns. Reference: every chip gathers everything and builds the "
+             "full `2N x 2N` logits of each term, as the PyTorch reference does on every GPU.", "",
+             "| pod | global batch N | fused peak GiB | reference peak GiB | chip GiB |", "|---|---|---|---|---|"]
+    for pod in dict.fromkeys(e["pod"] for e in losses):
+        for batch in sorted({e["global_batch"] for e in losses if e["pod"] == pod}):
+            pair = {e["row"]: e for e in losses if e["pod"] == pod and e["global_batch"] == batch}
+            cells = [_gib(pair[k]) if k in pair else "-" for k in ("loss_fused", "loss_reference")]
+            capacity = next(iter(pair.values()))["capacity_gib"]
+            lines.append(f"| {pod} | {batch:,} | {cells[0]} | {cells[1]} | {capacity:g} |")
+    return lines + [""]
+
+
+def render(entries: Sequence[dict[str, Any]]) -> str:
+    return "\n".join([HEADER, *_largest(entries), *_loss(entries), *_steps(entries)])
