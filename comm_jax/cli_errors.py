@@ -155,6 +155,46 @@ class _HideOrbaxErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
+class _StderrFilter:
+    """Passes everything written to file descriptor 2 through, except the traceback blocks ending in
+    `RuntimeError: Event loop is closed` that the checkpoint writer's native callbacks print, one per
+    pending write, once a failed save (a full disk) has closed its event loop."""
+
+    NOISE = b"RuntimeError: Event loop is closed"
+
+    def __init__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.reader = os.fdopen(read, "rb")
+        self.thread = threading.Thread(target=self._pump, name="stderr-filter", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        block: list[bytes] = []
+        for line in self.reader:
+            if block:
+                block.append(line)
+                if not line.startswith((b" ", b"\t", b"Traceback")):     # the exception line ends it
+                    if line.strip() != self.NOISE:
+                        os.write(self.saved, b"".join(block))
+                    block = []
+            elif line.startswith(b"Traceback (most recent call last):"):
+                block = [line]
+            else:
+                os.write(self.saved, line)
+        if block:
+            os.write(self.saved, b"".join(block))
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            sys.stderr.flush()
+            os.dup2(self.saved, 2)      # the pipe's last writer is gone: the pump reads to the end
+            self.thread.join(timeout=5)
+
+
 def wants_verbose(argv: Sequence[str]) -> bool:
     return any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv)
 
@@ -170,20 +210,36 @@ def run_program(body: Callable[[list[str]], None], argv: Sequence[str] | None = 
     argv = list(sys.argv if argv is None else argv)
     flags.DEFINE_bool("verbose", False, "Show the full traceback of an error instead of one line.")
     verbose = wants_verbose(argv)
+    noise = None
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")    # TensorFlow's start-up notices
         absl_logging.get_absl_handler().addFilter(_HideOrbaxErrors())
+        noise = _StderrFilter()
     try:
         app.run(body, argv=argv, flags_parser=parse_flags)
     except Exception as error:
         if verbose:
             raise
-        try:
-            where = workdir()
-        except Exception:     # the workdir flag itself may be what failed
-            where = None
-        line, code = describe(error, where)
-        # Orbax's background writers may still fail while the process exits; the line below says why.
-        threading.excepthook = lambda args: None
-        print(f"error: {line}", file=sys.stderr, flush=True)
-        sys.exit(code)
+        _exit_with_one_line(error, workdir, noise)
+    finally:
+        if noise is not None:
+            noise.close()
+
+
+def _exit_with_one_line(error: Exception, workdir: Callable[[], str | None], noise: "_StderrFilter | None") -> None:
+    """Prints `error` as one `error: ...` line and exits with its code."""
+    try:
+        where = workdir()
+    except Exception:     # the workdir flag itself may be what failed
+        where = None
+    line, code = describe(error, where)
+    # Orbax's background writers may still fail while the process exits; the line below says why,
+    # and what they print after it goes nowhere.
+    threading.excepthook = lambda args: None
+    if noise is not None:
+        noise.close()
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), sys.stderr.fileno())
+    sys.exit(code)

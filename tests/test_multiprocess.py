@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from comm_jax import methods
 from comm_jax.checkpoints import CheckpointStore, mark_complete
 from comm_jax.mesh import make_mesh
 from comm_jax.train_state import create_train_state
@@ -117,7 +118,7 @@ def tiny_workdir(tmp_path_factory, tfds_dir):
     store = CheckpointStore(workdir, keep=None, async_save=False)
     for step in EVAL_STEPS:
         cfg.seed = step
-        _, state, *_ = create_train_state(cfg, make_mesh(cfg.mesh))
+        _, state, *_ = create_train_state(cfg, make_mesh(cfg.mesh), methods.build(cfg))
         store.save(step, state, {"position": step, "seed": step}, cfg.to_json(), force=True)
     store.close()
     mark_complete(workdir, EVAL_STEPS[-1])
