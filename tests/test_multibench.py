@@ -15,7 +15,7 @@ import input_pipeline  # noqa: F401  (registers the builders)
 from comm_jax import evaluate as evaluate_mod
 from comm_jax import models, train as train_mod
 from configs import multibench as multibench_config
-from input_pipeline import multibench_affect, multibench_mimic
+from input_pipeline import multibench_affect, multibench_mimic, multibench_vision_touch
 from input_pipeline.manual_files import MalformedFileError
 from input_pipeline.pipeline import load_split, make_eval_iterator
 from tests import multibench_fakes as fakes
@@ -97,6 +97,36 @@ def test_malformed_mimic_file_names_the_field_and_shapes(tmp_path):
         multibench_mimic.read_mimic(path)
 
 
+def test_vision_touch_split_by_file_and_targets_follow_the_reference(tmp_path):
+    paths = fakes.write_vision_touch(str(tmp_path), episodes=10)
+    files = multibench_vision_touch.episode_files(str(tmp_path))
+    order = np.arange(10)
+    np.random.default_rng(42).shuffle(order)
+    split = multibench_vision_touch.split_files(files)
+    assert split["test"] == [files[i] for i in order[8:]] and len(split["train"]) == 8
+    episode = multibench_vision_touch.read_episode(paths[0])
+    examples = list(multibench_vision_touch.episode_examples(episode))
+    assert [t for t, _ in examples] == [0, 1, 2, 3]
+    t, example = examples[1]
+    assert example["image"].shape == (128, 128, 3) and example["force"].shape == (32, 6)
+    np.testing.assert_allclose(example["force"], np.tanh(episode["force"][1, -32:]), rtol=1e-6)
+    np.testing.assert_allclose(example["ee_yaw_next"], episode["proprio"][2, :4], rtol=1e-6)
+    assert example["contact_next"] == int(episode["contact"][2].sum() > 0)
+
+
+def test_malformed_vision_touch_episode_names_the_file_and_field(tmp_path):
+    import h5py
+
+    path = fakes.write_vision_touch(str(tmp_path), episodes=2)[1]
+    with h5py.File(path, "a") as handle:
+        del handle["proprio"]
+    with pytest.raises(MalformedFileError, match=r"episode_1\.h5: missing field\(s\) \['proprio'\]"):
+        load_split("multibench_vision_touch", "train", ["force"], data_dir=str(tmp_path / "tfds"), prepare=True,
+                   manual_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no Vision&Touch episode \(\*\.h5\)"):
+        multibench_vision_touch.episode_files(str(tmp_path / "tfds"))
+
+
 def test_padding_is_invisible_to_the_fusion_model_end_to_end(tmp_path):
     """Z of MOSI clips read from the pickle is the same padded to 50 steps or to the longest clip."""
     manual = str(tmp_path / "manual")
@@ -112,12 +142,15 @@ def test_padding_is_invisible_to_the_fusion_model_end_to_end(tmp_path):
     np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("arg", ["mosi,modalities=3", "mustard,loss=cross", "mimic", "ur_funny,loss=cmc,modalities=3"])
+@pytest.mark.parametrize("arg", ["mosi,modalities=3", "mustard,loss=cross", "mimic", "ur_funny,loss=cmc,modalities=3",
+                                 "vision_touch,modalities=3"])
 def test_config_builds_trains_and_evaluates_from_the_original_files(tmp_path, arg):
     dataset = arg.split(",")[0]
     manual = str(tmp_path / "manual")
     if dataset == "mimic":
         fakes.write_mimic(manual)
+    elif dataset == "vision_touch":
+        fakes.write_vision_touch(manual)
     else:
         fakes.write_affect(manual, dataset)
     cfg = tiny_config(arg, str(tmp_path / "tfds"), manual)
@@ -128,5 +161,5 @@ def test_config_builds_trains_and_evaluates_from_the_original_files(tmp_path, ar
     final = rows[-1]
     assert final["step"] == 3
     assert 0.0 <= final["probe/label/accuracy"] <= 1.0
-    if dataset != "mimic":
+    if dataset != "mimic":     # affect sentiment, V&T next pose
         assert np.isfinite(final["probe/regression/mse"])
