@@ -47,8 +47,10 @@ class LoadedSplit:
 
 
 def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | None = None,
-               prepare: bool = False) -> LoadedSplit:
-    """Reads features `keys` of a TFDS split into memory and validates every record.
+               prepare: bool = False, manual_dir: str | None = None) -> LoadedSplit:
+    """Reads features `keys` of a TFDS split into memory and validates every record; with `prepare`
+    an unprepared builder is built first, reading user files from `manual_dir` (None: TFDS's
+    `<data_dir>/downloads/manual`).
 
     Raises ValueError naming the field (and the record, by its `id` feature or index) when a key
     is not a feature of the builder, an image has another shape than the others or than declared,
@@ -59,7 +61,8 @@ def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | No
         if not prepare:
             raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; run "
                              f"tfds.builder({name!r}).download_and_prepare() or set data.prepare=True")
-        builder.download_and_prepare()
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=False))
     features = builder.info.features
     missing = [key for key in keys if key not in features]
     if missing:
@@ -209,7 +212,7 @@ def _load_for(data_cfg, split: str, keys: Sequence[str]) -> LoadedSplit:
     if not data_cfg.get("name", None):
         raise ValueError("data.name must name a TFDS builder, e.g. 'bimodal_trifeatures/64px'")
     return load_split(data_cfg["name"], split, keys, data_dir=data_cfg.get("data_dir", None),
-                      prepare=data_cfg.get("prepare", False))
+                      prepare=data_cfg.get("prepare", False), manual_dir=data_cfg.get("manual_dir", None))
 
 
 class TrainIterator:

@@ -1,6 +1,7 @@
 """Downstream task kinds, read from the labels themselves, and their scores.
 
-A label array `[examples]` of integers is a multiclass task (scored by balanced accuracy); a 2-D
+A label array `[examples]` of integers is a multiclass task (scored by balanced accuracy, and by plain
+accuracy under the suffix `accuracy`, the metric of the MultiBench tables); a 2-D
 integer array `[examples, labels]` of 0/1 is multi-label (macro and weighted F1); floats are a
 regression target `[examples]` or `[examples, targets]` (mean squared error).
 """
@@ -8,7 +9,7 @@ regression target `[examples]` or `[examples, targets]` (mean squared error).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, mean_squared_error
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, mean_squared_error
 
 MULTICLASS, MULTILABEL, REGRESSION = "multiclass", "multilabel", "regression"
 
@@ -29,7 +30,7 @@ def task_kind(labels: np.ndarray) -> str:
 def score(kind: str, truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """The task's metrics, keyed by suffix ("" for the headline number of a multiclass task)."""
     if kind == MULTICLASS:
-        return {"": float(balanced_accuracy_score(truth, predicted))}
+        return {"": float(balanced_accuracy_score(truth, predicted)), "accuracy": float(accuracy_score(truth, predicted))}
     if kind == MULTILABEL:
         return {"f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
                 "f1_weighted": float(f1_score(truth, predicted, average="weighted", zero_division=0))}

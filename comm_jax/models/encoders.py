@@ -8,12 +8,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
-from comm_jax.models.sequence_encoders import GRUEncoder, TransformerSequenceEncoder
+from comm_jax.models.sequence_encoders import CausalConvEncoder, GRUEncoder, TransformerSequenceEncoder
 from comm_jax.models.vector_encoders import VectorMLP
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
-SEQUENCE_ENCODERS = {"gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
+SEQUENCE_ENCODERS = {"causal_conv": CausalConvEncoder, "gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
 VECTOR_ENCODERS = {"mlp": VectorMLP}
 ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, "none")
 

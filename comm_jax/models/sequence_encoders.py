@@ -37,12 +37,16 @@ class GRUEncoder(nnx.Module):
 
 
 class TransformerSequenceEncoder(nnx.Module):
-    """Linear (1x1 conv, no bias) to `width` + fixed 1D sin-cos positions + pre-LN blocks."""
+    """Linear (1x1 conv, no bias) to `width` + fixed 1D sin-cos positions (unless
+    `positional_encoding=False`, as MultiBench's affect encoders) + pre-LN blocks whose feed-forward
+    layer is `mlp_ratio * width` wide."""
 
-    def __init__(self, n_features: int, width: int, *, depth: int = 2, heads: int = 4,
-                 max_length: int = 512, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, n_features: int, width: int, *, depth: int = 2, heads: int = 4, mlp_ratio: int = 4,
+                 positional_encoding: bool = True, max_length: int = 512, dtype=jnp.float32, rngs: nnx.Rngs):
         self.embed = nnx.Linear(n_features, width, use_bias=False, dtype=dtype, rngs=rngs)
-        self.stack = TransformerStack(width, depth, heads, activation="relu", dtype=dtype, rngs=rngs)
+        self.stack = TransformerStack(width, depth, heads, mlp_ratio=mlp_ratio, activation="relu", dtype=dtype,
+                                      rngs=rngs)
+        self.positional_encoding = positional_encoding
         self.max_length = max_length
         self.width = width
         self.out_channels = width
@@ -51,5 +55,26 @@ class TransformerSequenceEncoder(nnx.Module):
         if x.shape[1] > self.max_length:
             raise ValueError(f"sequence of {x.shape[1]} steps exceeds max_length {self.max_length}")
         tokens = self.embed(x)
-        tokens = tokens + jnp.asarray(sincos_1d(x.shape[1], self.width)).astype(tokens.dtype)
+        if self.positional_encoding:
+            tokens = tokens + jnp.asarray(sincos_1d(x.shape[1], self.width)).astype(tokens.dtype)
         return self.stack(tokens, valid)
+
+
+class CausalConvEncoder(nnx.Module):
+    """Vision&Touch's force encoder: causal 1D convolutions of kernel 2 and stride 2 with leaky ReLU
+    (slope 0.1), each halving the steps: `[batch, 32, 6]` -> `[batch, 1, out]` with the default
+    channels (16, 32, 64, 128) then `out`. Fixed-length input: no padding mask."""
+
+    def __init__(self, n_features: int, *, out: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128),
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        widths = (n_features, *channels, out)
+        self.convs = nnx.List([nnx.Conv(a, b, kernel_size=(2,), strides=(2,), padding=((1, 0),), dtype=dtype,
+                                        rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.out_channels = out
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        for conv in self.convs:
+            # One step of left padding: output i sees inputs 2i-1 and 2i only (causal), as the reference's
+            # symmetric padding with its trailing outputs cut.
+            x = jax.nn.leaky_relu(conv(x), negative_slope=0.1)
+        return x
