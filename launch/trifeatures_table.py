@@ -94,7 +94,7 @@ def training_config(config: str, overrides: list[str]) -> dict:
 
 
 def value_at(tree, path: str):
-    """The value at a dotted path as `first_difference_in` names it (`data.augment.image_1`, `mesh[0]`)."""
+    """The value at a dotted path as `first_difference_in` names it (`data.views.view1.image_1`, `mesh[0]`)."""
     for part in path.replace("[", ".[").split("."):
         if tree is None:
             return None

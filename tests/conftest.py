@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-    """Bimodal Trifeatures 32px generated once per session into a temporary TFDS data dir."""
+    """Bimodal Trifeatures 32px generated once per test run (per xdist worker) into a temporary TFDS data dir."""
     import tensorflow_datasets as tfds
 
     import input_pipeline  # noqa: F401  (registers the builder)
