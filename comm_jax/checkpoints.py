@@ -58,7 +58,14 @@ class CheckpointStore:
         return restored.state, dict(restored.data)
 
     def restore_config(self, step: int) -> dict[str, Any]:
+        """The config saved with `step`, through Orbax: every process of a job must call it together."""
         return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+
+    def read_config(self, step: int) -> dict[str, Any]:
+        """The config saved with `step`, read as the JSON file it is, by this process alone (no
+        collective: for decisions one process takes)."""
+        with open(os.path.join(self.directory, str(step), "config", "metadata")) as f:
+            return dict(json.load(f))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -43,7 +43,7 @@ class WatchProgress:
     def _checkpoint_interval(self, store, step: int) -> int | None:
         if step not in self._save_every:
             try:
-                self._save_every[step] = int(store.restore_config(step)["ckpt_every"])
+                self._save_every[step] = int(store.read_config(step)["ckpt_every"])   # process 0 alone
             except Exception:      # deleted or half-written under the watcher: ask again next time
                 return None
         return self._save_every[step]

@@ -185,12 +185,12 @@ def test_probe_features_concat_reads_each_modality_alone_and_tasks_selects_metri
                                   np.concatenate([ctx.z(test, ("a",)), ctx.z(test, ("b",))], axis=1))
     ctx.read.clear()
     metrics = concat.evaluate(ctx)
-    assert set(metrics) == {"p/S"} and ("train", ("a", "b")) not in ctx.read
+    assert set(metrics) == {"p/S", "p/S/accuracy"} and ("train", ("a", "b")) not in ctx.read
     x_train = np.concatenate([ctx.z(train, ("a",)), ctx.z(train, ("b",))], 1)
     x_test = np.concatenate([ctx.z(test, ("a",)), ctx.z(test, ("b",))], 1)
     expected = linear_probe(x_train, labels["train"]["s"], x_test, labels["test"]["s"], Cs=(1.0,))
     assert metrics["p/S"] == pytest.approx(expected.metrics[""])
-    assert set(joint.evaluate(ctx)) == {"q/K", "q/S"}
+    assert set(joint.evaluate(ctx)) == {"q/K", "q/S", "q/K/accuracy", "q/S/accuracy"}
     for bad, match in (({"features": "sum"}, "evaluators.p.features"), ({"tasks": ("U",)}, "evaluators.p.tasks"),
                        ({"class_weight": "auto"}, "evaluators.p.class_weight")):
         with pytest.raises(ValueError, match=match):
