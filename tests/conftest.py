@@ -11,7 +11,7 @@ if "xla_force_host_platform_device_count" not in flags:
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tfds_dir(tmp_path_factory):
     """Bimodal Trifeatures 32px generated once per test run (per xdist worker) into a temporary TFDS data dir."""
     import tensorflow_datasets as tfds
