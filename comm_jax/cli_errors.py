@@ -158,9 +158,15 @@ class _HideOrbaxErrors(logging.Filter):
 class _StderrFilter:
     """Passes everything written to file descriptor 2 through, except the traceback blocks ending in
     `RuntimeError: Event loop is closed` that the checkpoint writer's native callbacks print, one per
-    pending write, once a failed save (a full disk) has closed its event loop."""
+    pending write, once a failed save (a full disk) has closed its event loop; TensorFlow's start-up
+    notices, which its C++ logging prints whatever `TF_CPP_MIN_LOG_LEVEL` says; and its runtime's echo of
+    an input error ("Local rendezvous is aborting with status ...") that the error line reports."""
 
     NOISE = b"RuntimeError: Event loop is closed"
+    STARTUP = (re.compile(rb"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
+               re.compile(rb"^I\d{4} [\d:. ]+\d+ (port|cpu_feature_guard)\.cc:\d+\] "),
+               re.compile(rb"^To enable the following instructions: .* rebuild TensorFlow"),
+               re.compile(rb"^W\d{4} [\d:. ]+\d+ local_rendezvous\.cc:\d+\] Local rendezvous is aborting"))
 
     def __init__(self):
         sys.stderr.flush()
@@ -183,7 +189,7 @@ class _StderrFilter:
                     block = []
             elif line.startswith(b"Traceback (most recent call last):"):
                 block = [line]
-            else:
+            elif not any(pattern.match(line) for pattern in self.STARTUP):
                 os.write(self.saved, line)
         if block:
             os.write(self.saved, b"".join(block))

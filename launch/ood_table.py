@@ -8,7 +8,7 @@ evaluator, and write the AUROC of one score (`--score`, default knn) per shift k
 and failure prediction on the ID test split. Runs are reused when their work directory has results
 (the same checks as launch/trifeatures_table.py).
 
-    python launch/ood_table.py --root=workdirs/ood_table [--res=64] [--seeds=1] [--methods=comm,cross,cross_self] \\
+    python launch/ood_table.py --root=workdirs/ood_table [--res=64] [--crop=0.5] [--seeds=1] [--methods=comm,cross,cross_self] \\
         [--score=knn] [--override num_steps=1500]
 
 Writes ROOT/table.json (every `ood/` metric of every run), ROOT/table.md and ROOT/table.png.
@@ -35,9 +35,10 @@ NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Sel
 FEATURES = ("z", "z_image_1", "z_image_2")
 
 
-def config_arg(res: int, method: str, biased: bool) -> str:
-    """The `--config` of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,loss=comm,ood=true,bias=true."""
-    return f"configs/trifeatures.py:cpu,res={res},loss={method},ood=true" + (",bias=true" if biased else "")
+def config_arg(res: int, method: str, biased: bool, crop: float | None = None) -> str:
+    """The `--config` of one pretraining, e.g. configs/trifeatures.py:cpu,res=64,crop=0.5,loss=comm,ood=true,bias=true."""
+    return (f"configs/trifeatures.py:cpu,res={res}" + (f",crop={crop:g}" if crop is not None else "")
+            + f",loss={method},ood=true" + (",bias=true" if biased else ""))
 
 
 def needed(score: str, biased: bool) -> list[str]:
@@ -46,7 +47,7 @@ def needed(score: str, biased: bool) -> list[str]:
 
 def pretrain_and_score(args, method: str, seed: int, biased: bool) -> dict[str, float]:
     """The final checkpoint's `ood/` metrics of one pretraining, training and evaluating it when needed."""
-    config = config_arg(args.res, method, biased)
+    config = config_arg(args.res, method, biased, args.crop)
     workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
     if args.data_dir:
@@ -131,6 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="workdirs/ood_table")
     parser.add_argument("--res", type=int, choices=(32, 64), default=64)
+    parser.add_argument("--crop", type=float, default=None,
+                        help="smallest crop area of the SimCLR views (the config's `crop=`; default the config's)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--methods", default="comm,cross,cross_self")
     parser.add_argument("--score", default="knn", help="the score of the table (every score is kept in the JSON)")

@@ -1,7 +1,8 @@
 """Two local processes (coordinator on 127.0.0.1), each with 2 fake CPU devices, train the CPU-sized
 config: losses and final parameters match one process with 4 fake devices on the same global batch.
 Each process reads its own half of the data; the global batch holds the same examples. Evaluation
-launched the same way reports the metrics of one process with 4 devices, written once."""
+launched the same way reports the metrics of one process with 4 devices, written once. A two-process job
+takes the workdir's trainer lease once, as process 0, and both processes stop when another trainer holds it."""
 
 import json
 import os
@@ -9,13 +10,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from comm_jax import methods
+from comm_jax import lease, methods
 from comm_jax.checkpoints import CheckpointStore, mark_complete
 from comm_jax.mesh import make_mesh
 from comm_jax.train_state import create_train_state
@@ -171,3 +173,48 @@ def test_incomplete_multiprocess_flags_are_refused(tmp_path, program):
                           env=env_with_devices(1), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "missing ['coordinator_address', 'process_id']" in proc.stderr
+
+
+# ---------------------------------------------------------------- the trainer lease of a two-process job
+
+def _start_two(workdir, data_dir, logs, *extra):
+    """Two processes of one job; their stderr goes to files in `logs` (a pipe left unread could fill)."""
+    address = f"127.0.0.1:{free_port()}"
+    logs.mkdir(exist_ok=True)
+    return [subprocess.Popen(command(workdir, data_dir, f"--coordinator_address={address}", "--num_processes=2",
+                                     f"--process_id={i}", *extra),
+                             cwd=ROOT, env=env_with_devices(1), stdout=subprocess.DEVNULL,
+                             stderr=open(logs / f"{i}.err", "w")) for i in range(2)]
+
+
+def _wait(procs, logs):
+    for p in procs:
+        p.wait(timeout=300)
+    return [(logs / f"{i}.err").read_text() for i in range(len(procs))]
+
+
+def test_two_process_job_is_refused_by_a_held_lease_and_takes_it_once_as_process_0(tmp_path, tfds_dir):
+    workdir = str(tmp_path / "w")
+    held = lease.acquire(workdir, interval=0.5)
+    try:
+        procs = _start_two(workdir, tfds_dir, tmp_path / "refused")
+        errors = _wait(procs, tmp_path / "refused")
+    finally:
+        held.stop()
+    for p, err in zip(procs, errors):      # both processes stop, each naming the holder
+        assert p.returncode != 0, err[-2000:]
+        assert f"is in use by another trainer (pid {os.getpid()}" in err, err[-2000:]
+    assert os.listdir(workdir) == []       # nothing written; the holder's lease file removed by its stop()
+
+    procs = _start_two(workdir, tfds_dir, tmp_path / "job", f"--config.num_steps={STEPS * 3}")
+    holders = set()
+    deadline = time.time() + 300
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        record = lease.read_record(lease.lease_path(workdir))
+        if record is not None:
+            holders.add(record["pid"])
+        time.sleep(0.05)
+    for p, err in zip(procs, _wait(procs, tmp_path / "job")):
+        assert p.returncode == 0, err[-2000:]
+    assert holders == {procs[0].pid}       # taken once, by process 0, for the whole run
+    assert not os.path.exists(lease.lease_path(workdir))    # and released at the end

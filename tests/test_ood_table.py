@@ -72,3 +72,12 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     driver.main()             # every run done and evaluated: nothing runs again
     assert calls == []
 
+
+
+def test_crop_reaches_the_pretraining_config(driver):
+    arg = driver.config_arg(64, "comm", True, crop=0.5)
+    config = trifeatures.get_config(arg.split(":", 1)[1])
+    default = trifeatures.get_config(driver.config_arg(64, "comm", True).split(":", 1)[1])
+    assert "crop=0.5" in arg and "crop" not in driver.config_arg(64, "comm", True)
+    assert config.data.views != default.data.views     # the SimCLR views' crop scale follows the flag
+    assert config.evals.evaluators.ood == default.evals.evaluators.ood

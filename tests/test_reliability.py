@@ -169,6 +169,9 @@ def test_corrupted_tfds_shard_is_named_with_the_regenerate_command(tmp_path, tfd
         f.truncate(os.path.getsize(shard) // 2)
     proc = run(train_cmd(str(tmp_path / "w"), data_dir), check=False)
     assert_one_error_line(proc, os.path.basename(shard), "regenerate the dataset", "download_and_prepare")
+    # TensorFlow is running by then: its start-up notices are not printed around the line either.
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        line for line in proc.stderr.splitlines() if line.startswith("error: ")], proc.stderr
 
 
 def test_full_disk_is_one_line_naming_the_resume_step(tmp_path, tfds_dir):
