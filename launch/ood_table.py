@@ -94,9 +94,10 @@ def summarise(per_seed: dict[str, list[dict[str, float]]], score: str) -> dict[s
     return table
 
 
-def markdown(table, score: str, res: int, n_seeds: int) -> str:
+def markdown(table, score: str, res: int, n_seeds: int, crop: float | None = None) -> str:
     names = [name for name, _ in columns(score) if any(name in row for row in table.values())]
-    lines = [f"AUROC of `{score}` (ID test vs each shift; 0.5 is chance), Bimodal Trifeatures at {res} px, CPU "
+    lines = [f"AUROC of `{score}` (ID test vs each shift; 0.5 is chance), Bimodal Trifeatures at {res} px"
+             + (f" (SimCLR crops from {crop:.0%} of the area)" if crop is not None else "") + f", CPU "
              f"variant, mean ± std over {n_seeds} seed(s). `@z_image_k`: the score on image k's own Z; `synergy` "
              "after pretraining on M-biased pairs; failure: predicting the texture-1 probe's errors (AURC: lower "
              "is better).", "", "| method | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
@@ -153,12 +154,12 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runs.ROOT, capture_output=True,
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
-        json.dump({"res": args.res, "seeds": args.seeds, "score": args.score, "per_seed": per_seed,
+        json.dump({"res": args.res, "crop": args.crop, "seeds": args.seeds, "score": args.score, "per_seed": per_seed,
                    "table": {m: {c: {"mean": v[0], "std": v[1]} for c, v in row.items()} for m, row in table.items()},
                    "command": " ".join(sys.argv), "commit": commit,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
-    text = markdown(table, args.score, args.res, args.seeds)
+    text = markdown(table, args.score, args.res, args.seeds, args.crop)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     bar_chart(table, args.score, os.path.join(args.root, "table.png"))
