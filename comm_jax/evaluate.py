@@ -261,11 +261,17 @@ def main(argv=None) -> None:
                       "adding an evaluator); the new row is appended, the old one kept.")
     flags.DEFINE_float("timeout", 3600.0, "Give up after this many seconds without a new checkpoint while no "
                        "trainer holds the workdir (0: wait forever).")
+    flags.DEFINE_integer("nice", 10, "Lower this process's CPU priority by this much (as `nice`), so that a "
+                         "trainer beside the watcher keeps its speed on a shared host; 0 keeps the priority.")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
 
     def run(_):
         absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
+        if flags.FLAGS.nice < 0:
+            raise cli_errors.UsageError(f"--nice={flags.FLAGS.nice}: give 0 or more (raising priority needs root)")
+        if flags.FLAGS.nice:
+            os.nice(flags.FLAGS.nice)
         cfg = cli_errors.loaded_config()
         distributed.initialize(flags.FLAGS)
         if flags.FLAGS.again and flags.FLAGS.step is None:

@@ -199,3 +199,22 @@ def test_watcher_refuses_a_missing_workdir_and_times_out_without_a_trainer(tmp_p
     proc = run(eval_cmd(empty, tfds_dir, "--timeout=2"), check=False)
     assert_one_error_line(proc, "no new checkpoint", "giving up")
     assert time.time() - start < 120
+
+
+def test_watcher_lowers_its_priority_and_refuses_a_negative_nice(tmp_path, tfds_dir):
+    empty = str(tmp_path / "empty")
+    os.makedirs(empty)
+    assert_one_error_line(run(eval_cmd(empty, tfds_dir, "--nice=-1"), check=False), "--nice=-1")
+    watcher = subprocess.Popen(eval_cmd(empty, tfds_dir, "--nice=7", "--timeout=30"), cwd=ROOT, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, seen = time.time() + 60, None
+        while time.time() < deadline and watcher.poll() is None:
+            seen = os.getpriority(os.PRIO_PROCESS, watcher.pid) - os.getpriority(os.PRIO_PROCESS, 0)
+            if seen == 7:
+                break
+            time.sleep(0.2)
+        assert seen == 7
+    finally:
+        watcher.kill()
+        watcher.wait()
