@@ -128,8 +128,8 @@ def test_every_layout_matches_the_pytorch_model(reference, layout):
 
 
 def test_token_api_and_shapes(reference):
-    """`image_tokens` / `text_tokens` give float32 [B, 1 + grid**2, D_img] / [B, L, D_txt], shorter id
-    rows work, and the split params drive the towers inside a user's jitted function."""
+    """`image_tokens` / `text_tokens` give float32 [B, 1 + grid**2, D_img] / [B, L, D_txt], and the split
+    params drive the towers inside a user's jitted function, on rows shorter than the context too."""
     import jax
     from flax import nnx
 
@@ -137,14 +137,15 @@ def test_token_api_and_shapes(reference):
     clip = load_clip(str(root / "hf_safetensors"))
     tokens = clip.image_tokens(images)
     assert tokens.shape == (3, 1 + (IMAGE // 8) ** 2, 48) and tokens.dtype == np.float32
-    short = clip.text_tokens(ids[:2, :10])
-    assert short.shape == (2, 10, 32)
-    np.testing.assert_allclose(short, expected["text_tokens"][:2, :10], atol=TOL)
+    assert clip.text_tokens(ids).shape == (3, CONTEXT, 32)
 
     @jax.jit
-    def pooled_text(params, token_ids):
-        return nnx.merge(clip.graphdef, params).text(token_ids).embedding
-    np.testing.assert_allclose(pooled_text(clip.params, ids), expected["text_embedding"], atol=TOL)
+    def text_features(params, token_ids):
+        out = nnx.merge(clip.graphdef, params).text(token_ids)
+        return out.tokens, out.embedding
+    short_tokens, short_embedding = text_features(clip.params, ids[:2, :10])
+    np.testing.assert_allclose(short_tokens, expected["text_tokens"][:2, :10], atol=TOL)
+    np.testing.assert_allclose(short_embedding, expected["text_embedding"][:2], atol=TOL)
 
 
 def test_images_of_any_size_are_resized_and_centre_cropped(reference):

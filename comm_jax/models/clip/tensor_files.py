@@ -65,7 +65,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             array = _bfloat16_to_float32(array)
         elif info["dtype"] == "F16":
             array = array.astype(np.float32)
-        tensors[name] = array.reshape(shape).copy()
+        tensors[name] = array.reshape(shape)          # read-only views of `data`, which they keep alive
     return tensors
 
 

@@ -12,8 +12,9 @@ from flax import nnx
 
 from comm_jax.models.transformer import quick_gelu
 
-# CLIP's GELU is exact (erf), unlike jax.nn.gelu's default tanh approximation.
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+# By Hugging Face's names: `gelu` is exact (erf), unlike jax.nn.gelu's default; the others its tanh form.
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+               "gelu_new": jax.nn.gelu, "gelu_pytorch_tanh": jax.nn.gelu}
 
 
 @dataclasses.dataclass(frozen=True)
