@@ -37,8 +37,8 @@ def preprocess(images: jax.Array, size: int, mean: Sequence[float], std: Sequenc
     if c != 3:
         raise ValueError(f"images must be [batch, height, width, 3] RGB, got shape {images.shape}")
     images = images.astype(jnp.float32)
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    # the longer side's length truncated, as torchvision's and Hugging Face's resize
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     if (new_h, new_w) != (h, w):
         images = jnp.clip(jax.image.resize(images, (b, new_h, new_w, c), "bicubic", antialias=True), 0.0, 1.0)
     top, left = (new_h - size) // 2, (new_w - size) // 2
