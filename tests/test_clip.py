@@ -67,12 +67,14 @@ def open_clip_state(hf: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The tiny model saved as HF safetensors and .bin and as open_clip files, and its PyTorch outputs
+    """The tiny model saved as HF safetensors (one file and sharded) and .bin and as open_clip files, and its PyTorch outputs
     on random images (already CLIP-sized, in [0, 1]) and token ids (start, words, end, zero padding)."""
     root = tmp_path_factory.mktemp("clip")
     model = tiny_clip_model()
     model.save_pretrained(root / "hf_safetensors")
     model.save_pretrained(root / "hf_bin", safe_serialization=False)
+    model.save_pretrained(root / "hf_shards", max_shard_size="200KB")
+    assert (root / "hf_shards" / "model.safetensors.index.json").exists()
     state = open_clip_state({k: v.detach().clone() for k, v in model.state_dict().items()})
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, root / "open_clip.pt")
     (root / "open_clip_dir").mkdir()
@@ -112,7 +114,7 @@ def max_differences(clip, reference) -> dict:
     return {name: float(np.max(np.abs(np.asarray(got[name]) - expected[name]))) for name in expected}
 
 
-@pytest.mark.parametrize("layout", ["hf_safetensors", "hf_bin", "open_clip.pt", "open_clip_dir"])
+@pytest.mark.parametrize("layout", ["hf_safetensors", "hf_bin", "hf_shards", "open_clip.pt", "open_clip_dir"])
 def test_every_layout_matches_the_pytorch_model(reference, layout):
     """Token features, pooled outputs and projected embeddings of both towers equal PyTorch's to 1e-5,
     whichever file they were read from; sizes, heads and the logit scale come from the files."""

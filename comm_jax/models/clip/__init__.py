@@ -26,8 +26,9 @@ from comm_jax.models.clip.towers import ClipText, ClipTowers, ClipVision, TextSp
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# weight files looked for in a directory, in this order
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# weight files looked for in a directory, in this order (`X.index.json` for weights sharded into several files)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+                "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def preprocess(images: jax.Array, size: int, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
@@ -153,6 +154,17 @@ def _weights_file(path: str) -> str:
     return path
 
 
+def _read_shards(index: str) -> dict[str, np.ndarray]:
+    """The tensors of a sharded Hugging Face checkpoint, from the files its index's `weight_map` names."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no weight_map in this index")
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(read_tensor_file(os.path.join(os.path.dirname(index), shard)))
+    return state
+
+
 def _tokenizer_files(directory: str, tokenizer: str | None) -> tuple[str, ...]:
     where = tokenizer or directory
     if where.endswith(".gz") and os.path.isfile(where):
@@ -175,7 +187,7 @@ def load_clip(path: str, *, vision_heads: int | None = None, text_heads: int | N
     directory with the tokenizer files or the `.txt.gz` path, when they are not beside the weights."""
     weights = _weights_file(path)
     directory = os.path.dirname(weights)
-    state = read_tensor_file(weights)
+    state = _read_shards(weights) if weights.endswith(".index.json") else read_tensor_file(weights)
     layout = layout_of(state, weights)
     specs_of, rules_of = LAYOUTS[layout]
     if layout == "hf":
