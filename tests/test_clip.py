@@ -241,3 +241,23 @@ def test_tokenize_without_tokenizer_files_says_what_to_add(reference):
     clip = load_clip(str(reference[0] / "hf_safetensors"))
     with pytest.raises(TokenizerFilesError, match="vocab.json"):
         clip.tokenize(["a film"])
+
+
+def test_a_vision_only_checkpoint_with_gelu_loads_alone(tmp_path):
+    """A CLIPVisionModelWithProjection (its own config.json, exact GELU) gives the vision tower only."""
+    torch.manual_seed(1)
+    model = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=IMAGE,
+        patch_size=8, projection_dim=24, hidden_act="gelu")).eval()
+    model.save_pretrained(tmp_path)
+    clip = load_clip(str(tmp_path))
+    assert clip.text_spec is None and clip.vision_spec.activation == "gelu"
+    images = np.random.default_rng(1).uniform(0, 1, (3, IMAGE, IMAGE, 3)).astype(np.float32)
+    pixels = torch.from_numpy(((images - np.array(CLIP_MEAN)) / np.array(CLIP_STD)).astype(np.float32))
+    with torch.no_grad():
+        expected = model(pixel_values=pixels.permute(0, 3, 1, 2))
+    got = clip.encode_images(images)
+    np.testing.assert_allclose(got.tokens, expected.last_hidden_state.numpy(), atol=TOL)
+    np.testing.assert_allclose(got.embedding, expected.image_embeds.numpy(), atol=TOL)
+    with pytest.raises(ValueError, match="no text tower"):
+        clip.text_tokens(np.zeros((1, 4), np.int32))

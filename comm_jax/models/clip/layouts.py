@@ -91,12 +91,20 @@ def _hf_block(target: Path, src: str) -> list[Rule]:
             *_linear(target + ("fc",), src + "mlp.fc1"), *_linear(target + ("proj",), src + "mlp.fc2")]
 
 
+def _tower_config(config: Mapping[str, Any], tower: str) -> Mapping[str, Any]:
+    """A CLIPModel config's `vision_config`/`text_config`; a CLIPVisionModel's (CLIPTextModel's) config itself."""
+    if config.get("model_type") == f"clip_{tower}_model":
+        return config
+    return config.get(f"{tower}_config", {})
+
+
 def hf_specs(state, config: Mapping[str, Any], heads: tuple[int | None, int | None], activation: str | None):
     """(VisionSpec or None, TextSpec or None) of a Hugging Face state dict; `config` is its config.json
-    (possibly empty): heads, activation and LayerNorm epsilon come from it, with CLIPConfig's defaults."""
+    (possibly empty): heads, activation and LayerNorm epsilon come from it, with CLIPConfig's defaults.
+    `config.json` may be a CLIPModel's or a single tower's (CLIPVisionModel[WithProjection], CLIPTextModel)."""
     vision = text = None
     if "vision_model.embeddings.patch_embedding.weight" in state:
-        cfg = config.get("vision_config", {}) if config else {}
+        cfg = _tower_config(config, "vision")
         width, _, patch, _ = state["vision_model.embeddings.patch_embedding.weight"].shape
         positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
         proj = state.get("visual_projection.weight")
@@ -108,7 +116,7 @@ def hf_specs(state, config: Mapping[str, Any], heads: tuple[int | None, int | No
             embed_dim=None if proj is None else proj.shape[0],
             activation=activation or cfg.get("hidden_act", "quick_gelu"), eps=cfg.get("layer_norm_eps", 1e-5))
     if "text_model.embeddings.token_embedding.weight" in state:
-        cfg = config.get("text_config", {}) if config else {}
+        cfg = _tower_config(config, "text")
         vocab, width = state["text_model.embeddings.token_embedding.weight"].shape
         proj = state.get("text_projection.weight")
         text = TextSpec(
