@@ -237,6 +237,39 @@ def test_a_pickle_asking_for_other_callables_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
+class _StorageRef:
+    pass
+
+
+class _TensorRecord:
+    def __init__(self, size, stride):
+        self.size, self.stride = size, stride
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (_StorageRef(), 0, self.size, self.stride, False, {})
+
+
+class _ArchivePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return ("storage", torch.FloatStorage, "0", "cpu", 4) if isinstance(obj, _StorageRef) else None
+
+
+@pytest.mark.parametrize("size, stride", [((2, 2), (2, 1)), ((4, 4), (100, 1))])
+def test_a_tensor_view_outside_its_storage_is_refused(tmp_path, size, stride):
+    """Tensor records are bounds-checked against their storage (4 floats here) before any view is made."""
+    import io
+    buffer = io.BytesIO()
+    _ArchivePickler(buffer, protocol=2).dump({"w": _TensorRecord(size, stride)})
+    with zipfile.ZipFile(tmp_path / "t.pt", "w") as archive:
+        archive.writestr("t/data.pkl", buffer.getvalue())
+        archive.writestr("t/data/0", np.arange(4, dtype="<f4").tobytes())
+    if size == (2, 2):
+        np.testing.assert_array_equal(read_torch_archive(str(tmp_path / "t.pt"))["w"], [[0, 1], [2, 3]])
+    else:
+        with pytest.raises(CheckpointError, match=r"t\.pt: tensor of size \(4, 4\).*does not fit its storage"):
+            read_torch_archive(str(tmp_path / "t.pt"))
+
+
 def test_tokenize_without_tokenizer_files_says_what_to_add(reference):
     clip = load_clip(str(reference[0] / "hf_safetensors"))
     with pytest.raises(TokenizerFilesError, match="vocab.json"):

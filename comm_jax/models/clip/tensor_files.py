@@ -81,7 +81,14 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *unused) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2's arguments -> a contiguous NumPy array (float32 for F16/BF16)."""
+    """torch._utils._rebuild_tensor_v2's arguments -> a contiguous NumPy array (float32 for F16/BF16).
+    The view is checked to lie inside its storage (as_strided itself would read any memory)."""
+    if not isinstance(storage, np.ndarray) or not all(isinstance(v, int) for v in (offset, *size, *stride)):
+        raise CheckpointError(f"malformed tensor record (offset {offset!r}, size {size!r}, stride {stride!r})")
+    if len(size) != len(stride) or min((offset, *size, *stride), default=0) < 0 or (
+            all(size) and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= len(storage)):
+        raise CheckpointError(f"tensor of size {tuple(size)}, stride {tuple(stride)} at offset {offset} does not "
+                              f"fit its storage of {len(storage)} elements")
     if not size:
         return storage[offset:offset + 1].reshape(()).copy()
     item = storage.itemsize
@@ -164,8 +171,8 @@ def read_torch_archive(path: str) -> Any:
         with archive.open(pickles[0]) as file:
             try:
                 return _StateDictUnpickler(file, archive, prefix, byteorder, path).load()
-            except CheckpointError:
-                raise
+            except CheckpointError as err:
+                raise err if str(err).startswith(path) else type(err)(f"{path}: {err}") from None
             except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as err:
                 raise CheckpointError(f"{path}: cannot unpickle its data.pkl: {err}") from None
 
