@@ -179,7 +179,7 @@ def test_half_precision_tensors_are_read_as_float32(tmp_path):
     assert archive["strided"].shape == (5, 3)
 
 
-def test_missing_and_unknown_files_are_named(tmp_path):
+def test_missing_unknown_truncated_and_foreign_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_clip(str(tmp_path / "absent.pt"))
     with pytest.raises(CheckpointError, match="no CLIP weights in this directory"):
@@ -187,6 +187,12 @@ def test_missing_and_unknown_files_are_named(tmp_path):
     (tmp_path / "notes.pt").write_text("these are not weights, just a text file of some length")
     with pytest.raises(CheckpointError, match=r"notes\.pt: unknown format"):
         load_clip(str(tmp_path / "notes.pt"))
+    from safetensors.torch import save_file
+    save_file({"weight": torch.ones(64)}, tmp_path / "cut.safetensors")
+    data = (tmp_path / "cut.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-16])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors: tensor 'weight' has data offsets"):
+        load_clip(str(tmp_path / "cut.safetensors"))
     torch.save({"weight": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="neither a Hugging Face CLIPModel nor an open_clip"):
         load_clip(str(tmp_path / "other.pt"))

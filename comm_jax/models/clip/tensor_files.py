@@ -48,10 +48,15 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {err})") from None
         data = f.read()
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if not (isinstance(info, dict) and isinstance(info.get("shape"), list) and
+                isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2):
+            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}: {info!r}")
         dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
         if dtype is None:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
