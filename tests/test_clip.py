@@ -276,10 +276,20 @@ def test_a_tensor_view_outside_its_storage_is_refused(tmp_path, size, stride):
             read_torch_archive(str(tmp_path / "t.pt"))
 
 
-def test_tokenize_without_tokenizer_files_says_what_to_add(reference):
+def test_tokenize_reads_the_tokenizer_files_and_says_when_they_are_absent(reference, tmp_path):
+    """`tokenize` pads to the text tower's context length; without tokenizer files it names what to add."""
+    from comm_jax.models.clip.tokenizer import byte_symbols
     clip = load_clip(str(reference[0] / "hf_safetensors"))
     with pytest.raises(TokenizerFilesError, match="vocab.json"):
         clip.tokenize(["a film"])
+    symbols = byte_symbols()
+    vocab = {t: i for i, t in enumerate([*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>",
+                                         "<|endoftext|>"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    ids = load_clip(str(reference[0] / "hf_safetensors"), tokenizer=str(tmp_path)).tokenize(["Hi!"])
+    assert ids.dtype == np.int32 and ids.shape == (1, CONTEXT)
+    assert ids[0, :6].tolist() == [512, vocab["h"], vocab["i</w>"], vocab["!</w>"], 513, 0]
 
 
 def test_a_vision_only_checkpoint_with_gelu_loads_alone(tmp_path):

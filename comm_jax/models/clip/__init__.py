@@ -93,6 +93,11 @@ class Clip:
             raise ValueError(f"{self.source}: this checkpoint has no {tower} tower")
         return module
 
+    def preprocess(self, images) -> jax.Array:
+        """float32 `[B, H, W, 3]` in [0, 1] -> the vision tower's input `[B, image_size, image_size, 3]`
+        (traceable: for `towers.vision` inside a user's jitted step)."""
+        return preprocess(jnp.asarray(images), self.image_size, self.mean, self.std)
+
     def encode_images(self, images) -> TowerOutput:
         """images: float32 `[B, H, W, 3]` in [0, 1]. tokens `[B, 1 + grid**2, D_img]` (the encoder's last
         hidden states, before the post-LN), pooled `[B, D_img]`, embedding `[B, E]` (projected)."""
