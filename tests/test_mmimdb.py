@@ -154,6 +154,7 @@ def test_extraction_resumes_from_complete_shards_then_comm_trains_and_probes(tmp
     assert cfg.model.encoders.text.input_shape == (12, 16) and cfg.model.encoders.text.adapter == "linear"
     cfg.num_steps, cfg.batch_size, cfg.ckpt_every, cfg.log_every, cfg.optimizer.warmup_steps = 3, 8, 3, 1, 1
     cfg.evals.batch_size = 8
+    cfg.evals.evaluators.probe.Cs = (1.0,)
     workdir = str(tmp_path / "run")
     last = train_mod.train(cfg, workdir)
     assert last["step"] == 3 and np.isfinite(last["loss"])
