@@ -164,6 +164,11 @@ def extract(encoder, *, output: str, source: str = "mmimdb/original", data_dir: 
             for batch in _batches(dataset, index * examples_per_shard, examples_per_shard, batch_size,
                                   int(encoder.image_size)):
                 plots = [p.decode("utf-8") for p in batch["plot"]]
+                if not all(plots):
+                    raise ValueError(f"{source}:{split} has examples without plot text (imdb ids "
+                                     f"{[i.decode() for i, p in zip(batch['imdb_id'], plots) if not p][:3]}); for "
+                                     f"mmimdb/hdf5 put metadata.npy beside multimodal_imdb.hdf5 and build the "
+                                     f"dataset again (remove its folder under the TFDS data dir)")
                 parts.append({**runner(batch["image"], plots), "genres": batch["genres"],
                               "imdb_id": np.array([i.decode("utf-8") for i in batch["imdb_id"]]), "id": batch["id"]})
                 log.info("%s shard %d/%d: %s", split, index + 1, count, progress.advance(len(batch["id"])))

@@ -164,49 +164,56 @@ def read_vocabulary(directory: str) -> dict[int, str] | None:
     return {int(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in vocabulary.items()}
 
 
-def read_hdf5(directory: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
-    """The checked arrays of the Fuel file and its split ranges; errors name the file and the field."""
+def _open_hdf5(path: str):
     import h5py
 
-    path = require_file(directory, HDF5_FILE, "mmimdb/hdf5")
     try:
-        handle = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as error:
         raise MalformedFileError(f"{path}: not a readable HDF5 file ({error})") from None
-    with handle:
+
+
+def read_hdf5(directory: str) -> tuple[str, dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+    """(the file's path, its checked per-example fields except the posters, its split ranges); the posters
+    stay in the file (12 GB as the release's int32) and are read by `hdf5_examples`. Errors name the file
+    and the field."""
+    path = require_file(directory, HDF5_FILE, "mmimdb/hdf5")
+    with _open_hdf5(path) as handle:
         missing = [f for f in HDF5_FIELDS if f not in handle]
         if missing:
             raise MalformedFileError(f"{path}: missing field(s) {missing}; it has {sorted(handle.keys())}")
         columns = hdf5_genre_columns(handle, path)
-        data = {"images": require_array(handle["images"][()], path, "'images'", ndim=4),
-                "features": require_array(handle["features"][()], path, "'features'", ndim=2, trailing=(WORD2VEC,)),
+        images = handle["images"]
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise MalformedFileError(f"{path}: field 'images' has shape {images.shape}, expected [N, 3, height, width]")
+        data = {"features": require_array(handle["features"][()], path, "'features'", ndim=2, trailing=(WORD2VEC,)),
                 "genres": require_array(handle["genres"][()], path, "'genres'", ndim=2)[:, columns],
                 "imdb_ids": np.asarray(handle["imdb_ids"][()])}
         if "sequences" in handle:
             data["sequences"] = np.asarray(handle["sequences"][()], dtype=object)
-        if data["images"].shape[1] != 3:
-            raise MalformedFileError(f"{path}: field 'images' has shape {data['images'].shape}, expected "
-                                     f"[N, 3, height, width]")
-        count = len(data["images"])
-        lengths = {f: len(v) for f, v in data.items()}
+        lengths = {"images": len(images), **{f: len(v) for f, v in data.items()}}
         if len(set(lengths.values())) != 1:
             raise MalformedFileError(f"{path}: fields hold different numbers of examples: {lengths}")
-        return data, hdf5_split_ranges(handle, path, count)
+        return path, data, hdf5_split_ranges(handle, path, len(images))
 
 
-def hdf5_examples(data: dict[str, np.ndarray], start: int, stop: int,
-                  vocabulary: dict[int, str] | None) -> Iterator[dict]:
-    """The examples of rows [start, stop) of the Fuel file: posters as PNG-free uint8 HWC arrays."""
-    for row in range(start, stop):
-        imdb_id = data["imdb_ids"][row]
-        words = []
-        if vocabulary is not None and "sequences" in data:
-            words = [vocabulary.get(int(i), "") for i in data["sequences"][row]]
-        yield {"image": np.clip(data["images"][row], 0, 255).astype(np.uint8).transpose(1, 2, 0),
-               "plot": " ".join(w for w in words if w and w != "_UNK_"),
-               "genres": data["genres"][row].astype(np.int64),
-               "word2vec": np.nan_to_num(data["features"][row].astype(np.float32)),
-               "imdb_id": imdb_id.decode() if isinstance(imdb_id, bytes) else str(imdb_id)}
+def hdf5_examples(path: str, data: dict[str, np.ndarray], start: int, stop: int,
+                  vocabulary: dict[int, str] | None, chunk: int = 256) -> Iterator[dict]:
+    """The examples of rows [start, stop) of the Fuel file, posters read `chunk` rows at a time."""
+    with _open_hdf5(path) as handle:
+        for first in range(start, stop, chunk):
+            posters = handle["images"][first:min(first + chunk, stop)]
+            for offset, poster in enumerate(posters):
+                row = first + offset
+                imdb_id = data["imdb_ids"][row]
+                words = []
+                if vocabulary is not None and "sequences" in data:
+                    words = [vocabulary.get(int(i), "") for i in data["sequences"][row]]
+                yield {"image": np.clip(poster, 0, 255).astype(np.uint8).transpose(1, 2, 0),
+                       "plot": " ".join(w for w in words if w and w != "_UNK_"),
+                       "genres": data["genres"][row].astype(np.int64),
+                       "word2vec": np.nan_to_num(data["features"][row].astype(np.float32)),
+                       "imdb_id": imdb_id.decode() if isinstance(imdb_id, bytes) else str(imdb_id)}
 
 
 class Mmimdb(tfds.core.GeneratorBasedBuilder):
@@ -239,9 +246,10 @@ class Mmimdb(tfds.core.GeneratorBasedBuilder):
             return {split: self._generate_examples({**read_movie(directory, imdb_id), "word2vec": zeros}
                                                    for imdb_id in ids[split]) for split in SPLITS}
         directory = manual_directory(dl_manager, name, HDF5_FILE)
-        data, ranges = read_hdf5(directory)
+        path, data, ranges = read_hdf5(directory)
         vocabulary = read_vocabulary(directory)
-        return {split: self._generate_examples(hdf5_examples(data, *ranges[split], vocabulary)) for split in SPLITS}
+        return {split: self._generate_examples(hdf5_examples(path, data, *ranges[split], vocabulary))
+                for split in SPLITS}
 
     def _generate_examples(self, examples):
         for index, example in enumerate(examples):

@@ -172,3 +172,8 @@ def test_extraction_reads_the_hdf5_format(tmp_path):
     shard = mmimdb_features.read_shard(mmimdb_features.shard_path(str(tmp_path / "features" / "shards"), "dev", 0, 1))
     assert manifest["source"] == "mmimdb/hdf5" and shard["image"].shape == (3, 17, 16)
     assert sorted(shard["imdb_id"]) == ["0000012", "0000013", "0000014"]
+    fakes.write_hdf5(str(tmp_path / "no_vocabulary"), metadata=False)       # no plot text without metadata.npy
+    with pytest.raises(ValueError, match=r"mmimdb/hdf5:dev has examples without plot text .* metadata\.npy"):
+        extract_features.extract(fakes.FakeClipTowers(), output=str(tmp_path / "other"), source="mmimdb/hdf5",
+                                 manual_dir=str(tmp_path / "no_vocabulary"), data_dir=str(tmp_path / "tfds2"),
+                                 splits=("dev",), batch_size=8, examples_per_shard=8, prepare_tfds=False)
