@@ -69,6 +69,21 @@ def test_hdf5_without_split_attribute_uses_multibench_ranges(tmp_path):
     assert ranges == {"train": (0, 15552), "dev": (15552, 18160), "test": (18160, 25959)}
 
 
+def test_hdf5_posters_read_in_chunks_are_the_files_rows(tmp_path):
+    fakes.write_hdf5(str(tmp_path))
+    path, data, ranges = mmimdb.read_hdf5(str(tmp_path))
+    vocabulary = mmimdb.read_vocabulary(str(tmp_path))
+    whole = list(mmimdb.hdf5_examples(path, data, *ranges["test"], vocabulary))
+    chunked = list(mmimdb.hdf5_examples(path, data, *ranges["test"], vocabulary, chunk=4))
+    with h5py.File(path, "r") as handle:
+        posters = handle["images"][ranges["test"][0]:ranges["test"][1]]
+    assert len(whole) == len(chunked) == fakes.COUNTS["test"]
+    for a, b, poster in zip(whole, chunked, posters):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["image"], poster.transpose(1, 2, 0))     # [3, H, W] -> [H, W, 3]
+        assert a["imdb_id"] == b["imdb_id"] and a["plot"] == b["plot"]
+
+
 def _set_json(path, edit):
     with open(path) as handle:
         data = json.load(handle)
