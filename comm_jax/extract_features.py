@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from typing import Any, Iterator, Sequence
 
@@ -188,10 +189,17 @@ def build_feature_dataset(output: str) -> str:
 
     import input_pipeline  # noqa: F401  (registers the builders)
 
-    data_dir = os.path.join(output, "tfds")
-    tfds.builder("mmimdb_features", data_dir=data_dir).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.path.join(output, "shards"),
-                                                     try_download_gcs=False))
+    from input_pipeline.mmimdb_features import read_manifest
+
+    data_dir, shards_dir = os.path.join(output, "tfds"), os.path.join(output, "shards")
+    builder = tfds.builder("mmimdb_features", data_dir=data_dir)
+    if builder.is_prepared() and set(builder.info.splits) != set(read_manifest(shards_dir)["splits"]):
+        log.info("rebuilding %s: the shards now hold splits %s", builder.data_dir,
+                 sorted(read_manifest(shards_dir)["splits"]))
+        shutil.rmtree(builder.data_dir)
+        builder = tfds.builder("mmimdb_features", data_dir=data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=shards_dir,
+                                                                              try_download_gcs=False))
     return data_dir
 
 

@@ -188,6 +188,16 @@ def test_extraction_reads_the_hdf5_format(tmp_path):
     assert manifest["source"] == "mmimdb/hdf5" and shard["image"].shape == (3, 17, 16)
     assert sorted(shard["imdb_id"]) == ["0000012", "0000013", "0000014"]
     fakes.write_hdf5(str(tmp_path / "no_vocabulary"), metadata=False)       # no plot text without metadata.npy
+    extract_features.extract(fakes.FakeClipTowers(), output=str(tmp_path / "features"), source="mmimdb/hdf5",
+                             manual_dir=str(tmp_path / "manual"), data_dir=str(tmp_path / "tfds"),
+                             splits=("dev", "test"), batch_size=8, examples_per_shard=8)
+    built = tfds.builder("mmimdb_features", data_dir=str(tmp_path / "features" / "tfds"))
+    assert {s: built.info.splits[s].num_examples for s in built.info.splits} == {"dev": 3, "test": 9}
+    extract_features.extract(fakes.FakeClipTowers(), output=str(tmp_path / "features"), source="mmimdb/hdf5",
+                             manual_dir=str(tmp_path / "manual"), data_dir=str(tmp_path / "tfds"),
+                             splits=("train",), batch_size=8, examples_per_shard=8)   # a split added later
+    built = tfds.builder("mmimdb_features", data_dir=str(tmp_path / "features" / "tfds"))
+    assert sorted(built.info.splits) == ["dev", "test", "train"] and built.info.splits["train"].num_examples == 12
     with pytest.raises(ValueError, match=r"mmimdb/hdf5:dev has examples without plot text .* metadata\.npy"):
         extract_features.extract(fakes.FakeClipTowers(), output=str(tmp_path / "other"), source="mmimdb/hdf5",
                                  manual_dir=str(tmp_path / "no_vocabulary"), data_dir=str(tmp_path / "tfds2"),
