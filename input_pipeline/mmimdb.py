@@ -3,7 +3,8 @@ either original format; nothing is downloaded.
 
 `mmimdb/original`, the release of Arevalo et al. (mmimdb.tar.gz): `split.json` ({"train", "dev", "test":
 [imdb ids]}) and `dataset/<id>.json` (fields "plot": a list of strings, "genres": a list of names) with the
-poster `dataset/<id>.jpeg`, stored as it is (JPEG bytes, its own size).
+poster `dataset/<id>.jpeg`, stored as it is (JPEG bytes, its own size; a greyscale or CMYK poster is
+converted to RGB).
 
 `mmimdb/hdf5`, MultiBench's `multimodal_imdb.hdf5` (the Fuel file of the same release): "images"
 [N, 3, 256, 160] (channels, height, width), "features" [N, 300] (word2vec average of the plot), "genres"
@@ -11,7 +12,8 @@ poster `dataset/<id>.jpeg`, stored as it is (JPEG bytes, its own size).
 file's `split` attribute when it has one, else MultiBench's index ranges (train 15552, dev 2608, test 7799).
 With `metadata.npy` beside it (its vocabulary, `ix_to_word`) the plot is the file's "sequences" read back
 into words (lower-cased and tokenised by the release's normalisation); without it the plot is empty and
-only the word2vec vector describes the text.
+only the word2vec vector describes the text (the feature extraction refuses such examples). The posters
+(int32 in the release's file) are read a chunk at a time and stored as JPEG.
 
 Both give: `image` (RGB poster), `plot` (text; the longest of the movie's plots, as the release and
 MultiBench choose; the CoMM reference draws one at random each time it reads a movie), `genres` [23] int64
