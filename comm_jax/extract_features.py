@@ -108,6 +108,11 @@ class TowerRunner:
         text_in = jax.device_put(_padded(ids, self.batch_size), self.sharding)
         image = np.asarray(self.encoder.image_tokens(image_in), np.float16)[:count]
         text = np.asarray(self.encoder.text_tokens(text_in), np.float16)[:count]
+        if image.ndim != 3 or text.ndim != 3 or text.shape[1] != ids.shape[1]:
+            raise ValueError(f"the towers should give image tokens [batch, T, D] and text tokens [batch, "
+                             f"{ids.shape[1]}, D] (one per token id); got {image.shape} and {text.shape}")
+        if not (np.isfinite(image).all() and np.isfinite(text).all()):
+            raise ValueError("the towers gave non-finite features (float16 overflow or bad weights)")
         return {"image": image, "text": text, "text_length": text_lengths(ids)}
 
 

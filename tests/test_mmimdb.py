@@ -139,6 +139,19 @@ def test_text_lengths_end_at_the_last_token():
     np.testing.assert_array_equal(extract_features.text_lengths(ids), [3, 2, 5, 0])
 
 
+class PooledTowers(fakes.FakeClipTowers):
+    """A wrong double: one pooled vector per image instead of tokens."""
+
+    def image_tokens(self, images):
+        return super().image_tokens(images).mean(axis=1)
+
+
+def test_towers_giving_pooled_vectors_are_refused():
+    runner = extract_features.TowerRunner(PooledTowers(), batch_size=8)
+    with pytest.raises(ValueError, match=r"image tokens \[batch, T, D\] .* got \(2, 16\)"):
+        runner(np.zeros((2, 16, 16, 3), np.float32), ["a plot", "another plot"])
+
+
 def test_extraction_resumes_from_complete_shards_then_comm_trains_and_probes(tmp_path):
     fakes.write_original(str(tmp_path / "manual"))
     output, towers = str(tmp_path / "features"), fakes.FakeClipTowers()
