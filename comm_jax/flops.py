@@ -119,7 +119,7 @@ def modality_flops(spec: Mapping[str, Any], width: int, batch: int) -> tuple[int
         rows, total = batch * tokens, 0
     else:
         raise ValueError(f"no FLOP formula for encoder {kind!r}")
-    if adapter == "patch" or (adapter == "vector" and c != width):
+    if adapter in ("patch", "linear") or (adapter == "vector" and c != width):
         total += dense_flops(rows, c, width)
     return total, tokens
 

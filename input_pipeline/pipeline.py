@@ -178,7 +178,9 @@ class _ExampleReader:
 
     def read(self, key: str, index: tf.Tensor) -> tf.Tensor:
         if key in self._loaded.variable_length:
-            return self._columns[key][index]
+            value = self._columns[key][index]
+            # float16 features (frozen-encoder tokens) stay half-size in memory and reach the ops as float32
+            return tf.cast(value, tf.float32) if value.dtype == tf.float16 else value
         value = tf.gather(self._columns[key], index)
         if key in self._loaded.image_shapes:
             shape = self._loaded.image_shapes[key]

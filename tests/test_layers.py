@@ -22,7 +22,7 @@ LAYERS = (
     (1, "data", ("input_pipeline",)),
     (2, "training", ("comm_jax.train_state", "comm_jax.train_step")),
     (2, "analysis", ("comm_jax.evaluators", "comm_jax.uncertainty", "comm_jax.information")),
-    (3, "programs", ("comm_jax.train", "comm_jax.evaluate", "comm_jax.export")),
+    (3, "programs", ("comm_jax.train", "comm_jax.evaluate", "comm_jax.export", "comm_jax.extract_features")),
     (4, "tools", ("comm_jax.benchmark", "comm_jax.bench", "comm_jax.aot_check", "comm_jax.flops")),
 )
 # Programs that must not reach training code: evaluation and export load models without it.

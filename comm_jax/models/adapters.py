@@ -94,5 +94,16 @@ class IdentityAdapter(nnx.Module):
         return x, valid
 
 
+class LinearTokenAdapter(nnx.Module):
+    """Tokens of another width (a frozen encoder's features): `[batch, T, F]` -> a shared linear map ->
+    `[batch, T, width]`; the key-padding mask passes through."""
+
+    def __init__(self, n_features: int, width: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(n_features, width, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None):
+        return self.proj(x), valid
+
+
 ADAPTERS = {"patch": PatchAdapter, "tabular": TabularAdapter, "vector": VectorAdapter,
-            "identity": IdentityAdapter}
+            "identity": IdentityAdapter, "linear": LinearTokenAdapter}
