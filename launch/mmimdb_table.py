@@ -3,8 +3,10 @@ the features with `configs/mmimdb.py`, and CLIP V+L (the frozen towers' own embe
 scored by a linear probe of the 23 genres on the train split, tested on the test split (weighted and macro F1,
 %), printed beside the paper's numbers.
 
-CLIP V+L reads the image tower's first token and the text tower's end-of-text token of each example (CLIP's
-embeddings when the towers hand out their final, projected tokens). A run whose work directory already holds
+CLIP V+L reads the image tower's class token and the text tower's end-of-text token of each example, as
+`load_clip` writes them: the last hidden states, before the vision tower's post-LayerNorm and both towers'
+linear projections (a linear probe on them can express any probe on the projected embeddings, up to that
+LayerNorm). A run whose work directory already holds
 an evaluation of its final step is read, not trained again; CLIP V+L's probe is kept in ROOT/clip_frozen.json.
 A run that fails is reported as such and the others go on.
 
