@@ -177,5 +177,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_ops={m: "center_crop(128)|normalize" for m in modalities if m == "image"},
     ))
     c.evals.tasks = {"label": label} | ({"regression": regression} if regression else {})
-    c.evals.evaluators = {"probe": {"type": "linear_probe"}}
+    # Plain accuracy beside the balanced one: the MultiBench tables report it.
+    c.evals.evaluators = {"probe": {"type": "linear_probe", "accuracy": True}}
     return c
