@@ -46,12 +46,12 @@ COLUMNS = (
 METHODS = {"comm": "CoMM", "cross": "Cross", "cross_self": "Cross+Self", "cmc": "CMC"}
 # Rows of the paper that this driver prints without running them (no MultiBench config trains them).
 PAPER_ONLY = {"factorcl": "FactorCL"}
-# The paper's MultiBench numbers (linear probe on frozen Z, mean of 5 runs; MSE x 1e-4, accuracy %), as the
-# authors list them in their repository's README (github.com/Duplums/CoMM, README.md, "Experiments on
-# MultiBench": V&T Reg, MIMIC, MOSI, UR-FUNNY, MUsTARD for Cross, Cross+Self, FactorCL, CoMM; "Experiments
-# with 3 modalities": V&T CP and UR-FUNNY for Cross, Cross+Self and CoMM with 2 modalities, CMC and CoMM with
-# 3). A cell the paper leaves empty (CMC with 2 modalities, Cross, Cross+Self and FactorCL with 3, FactorCL's
-# V&T CP) has no entry.
+# The paper's MultiBench numbers (linear probe on frozen Z; MSE x 1e-4, accuracy %), as the authors list them
+# in their repository's README (github.com/Duplums/CoMM, README.md): "Experiments on MultiBench" (mean of 5
+# runs, 100 epochs): V&T Reg, MIMIC, MOSI, UR-FUNNY, MUsTARD for Cross, Cross+Self, FactorCL and CoMM;
+# "Experiments with 3 modalities": V&T CP and UR-FUNNY for Cross, Cross+Self and CoMM with 2 modalities, CMC
+# and CoMM with 3. A cell the paper leaves empty (CMC with 2 modalities; Cross, Cross+Self and FactorCL with 3;
+# FactorCL's V&T CP) has no entry.
 PAPER = {
     "comm": {"V&T MSE x1e-4": 4.55, "V&T CP": 88.1, "MIMIC": 66.4, "MOSI": 67.5, "UR-FUNNY": 63.1,
              "MUsTARD": 63.9, "V&T CP (3 mod.)": 94.2, "UR-FUNNY (3 mod.)": 64.6},
