@@ -17,12 +17,12 @@ Full size follows the paper and the reference: AdamW lr 1e-3, weight decay 1e-2,
 temperature 0.1. Affect: per modality MultiBench's transformer (1x1 projection to 40, 5 layers, 5 heads,
 no positions, sequences up to 50 steps padded per batch with masks); MIMIC: an MLP 5-10-10 for the static
 features (one token) and a GRU of 512 over the 24 hours; Vision&Touch: ResNet-18 maps (4 x 4 tokens), the
-causal-convolution force encoder, the proprioception MLP 8-32-64-128-z. CoMM fuses the tokens in a
-1-layer, 8-head transformer (width 40 for affect, 512 otherwise) with the MLP head 512 -> 256; the
-baselines (towers) mean-pool each sequence over its valid steps. Views: MultiBench's augmentations,
-random-applied per modality with p = 0.5: drop 0-80% of the steps (features for vectors) then Gaussian noise
-(std 0.1); proprioception noise only; images SimCLR's. CLIP's and Cross+Self's unaugmented view is the
-example itself, as the reference.
+causal-convolution force encoder, the proprioception MLP 8-32-64-128-z (both MultiBench's, leaky ReLU after
+every layer). CoMM fuses the tokens in a 1-layer, 8-head transformer (width 40 for affect, 512 otherwise)
+with the MLP head 512 -> 256; the baselines (towers) mean-pool each sequence over its valid steps. Views:
+MultiBench's augmentations, random-applied per modality with p = 0.5: drop 0-80% of the steps (features for
+vectors) then Gaussian noise (std 0.1); proprioception noise only; images SimCLR's. CLIP's and Cross+Self's
+unaugmented view is the example itself, as the reference.
 
 Evaluation (comm_jax.evaluate, every checkpoint; the table reads the last one): linear probes on the
 frozen Z of the train split, scored on the test split: `probe/label/accuracy` (sentiment > 0, humour,
@@ -100,8 +100,9 @@ def _encoders(dataset: str, modalities: tuple[str, ...], width: int, cpu: bool, 
     specs = {"image": dict(image, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
              "force": dict(encoder="causal_conv", encoder_args=dict(out=width), input_shape=(32, 6),
                            adapter="identity"),
-             "proprio": dict(encoder="mlp", encoder_args=dict(hidden=(32, 64, 128), out=width), input_shape=(8,),
-                             adapter="vector")}
+             "proprio": dict(encoder="mlp", encoder_args=dict(hidden=(32, 64, 128), out=width,
+                                                              activation="leaky_relu", final_activation=True),
+                             input_shape=(8,), adapter="vector")}
     specs = {m: specs[m] for m in modalities}
     if not fusion:
         for spec in specs.values():
@@ -177,5 +178,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_ops={m: "center_crop(128)|normalize" for m in modalities if m == "image"},
     ))
     c.evals.tasks = {"label": label} | ({"regression": regression} if regression else {})
-    c.evals.evaluators = {"probe": {"type": "linear_probe"}}
+    # Plain accuracy beside the balanced one: the MultiBench tables report it.
+    c.evals.evaluators = {"probe": {"type": "linear_probe", "accuracy": True}}
     return c

@@ -143,7 +143,7 @@ def test_padding_is_invisible_to_the_fusion_model_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("arg", ["mosi,modalities=3", "mustard,loss=cross", "mimic", "ur_funny,loss=cmc,modalities=3",
-                                 "vision_touch,modalities=3"])
+                                 "vision_touch,modalities=3", "mosei,modalities=text+audio", "vision_touch,modalities=2"])
 def test_config_builds_trains_and_evaluates_from_the_original_files(tmp_path, arg):
     dataset = arg.split(",")[0]
     manual = str(tmp_path / "manual")
@@ -154,6 +154,8 @@ def test_config_builds_trains_and_evaluates_from_the_original_files(tmp_path, ar
     else:
         fakes.write_affect(manual, dataset)
     cfg = tiny_config(arg, str(tmp_path / "tfds"), manual)
+    modalities = dict(t.split("=") for t in arg.split(",") if "=" in t).get("modalities", "2")
+    assert len(cfg.model.modalities) == (int(modalities) if modalities.isdigit() else len(modalities.split("+")))
     workdir = str(tmp_path / "run")
     last = train_mod.train(cfg, workdir)
     assert last["step"] == 3 and np.isfinite(last["loss"])

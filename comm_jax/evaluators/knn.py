@@ -3,7 +3,7 @@ feature takes the labels of its k most cosine-similar bank entries.
 
 Prediction: class labels by majority vote (a tie goes to the smallest label), multi-label indicators
 by a per-label majority, regression targets by the mean. Scores as the linear probe's (balanced
-accuracy for class labels).
+accuracy for class labels, and plain accuracy as `<name>/<task>/accuracy` with `accuracy=True`).
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
 
 class KNN(Evaluator):
     """`<name>/<task>` for each of `config.evals.tasks`, bank = train split, queries = test split.
-    `features`: "joint" (the fused Z of `modalities`) or "concat" (each modality's own Z, concatenated)."""
+    `features`: "joint" (the fused Z of `modalities`) or "concat" (each modality's own Z, concatenated);
+    `accuracy`: class labels also scored by plain accuracy."""
 
-    DEFAULTS = dict(k=20, modalities=(), features="joint")
+    DEFAULTS = dict(k=20, modalities=(), features="joint", accuracy=False)
 
     def __init__(self, name, args, evals):
         super().__init__(name, args, evals)
@@ -74,6 +75,7 @@ class KNN(Evaluator):
             bank_labels, truth = self.labels(ctx, train, key), self.labels(ctx, test, key)
             predicted = vote(bank_labels, indices)
             kind = task_kind(bank_labels)
-            metrics.update({metric_name(self.name, task, s): v for s, v in score(kind, truth, predicted).items()})
+            scores = score(kind, truth, predicted, bool(self.args["accuracy"]))
+            metrics.update({metric_name(self.name, task, s): v for s, v in scores.items()})
         return with_task_means(metrics, self.name, self.evals.task_means)
 

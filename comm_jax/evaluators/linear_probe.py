@@ -88,10 +88,11 @@ def _fit_predict(kind: str, C: float, max_iter: int, fit_x, fit_y, eval_x,
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
                  Cs: Sequence[float] = DEFAULT_CS, holdout_fraction: float = 0.2, max_iter: int = 1000,
-                 seed: int = 0, class_weight: str | None = None) -> ProbeResult:
+                 seed: int = 0, class_weight: str | None = None, accuracy: bool = False) -> ProbeResult:
     """Probe `[n_train, dim]` -> labels, chosen on a held-out part of the training set, scored on
     `[n_test, dim]`. Regression uses ridge with alpha = 1 / C. Ties in the sweep go to the smaller C.
-    `class_weight`: None (unweighted loss) or "balanced" (see the module doc)."""
+    `class_weight`: None (unweighted loss) or "balanced" (see the module doc); `accuracy`: class labels
+    are also scored by plain accuracy (`metrics["accuracy"]`)."""
     if class_weight not in CLASS_WEIGHTS:
         raise ValueError(f"class_weight must be one of {CLASS_WEIGHTS}, got {class_weight!r}")
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
@@ -109,18 +110,19 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         sweep[C] = selection_score(kind, train_y[held], predicted)
     best = max(sweep, key=lambda c: (sweep[c], -c))
     predictions = _fit_predict(kind, best, max_iter, train_x, train_y, test_x, class_weight)
-    return ProbeResult(kind, score(kind, test_y, predictions), best, sweep, predictions)
+    return ProbeResult(kind, score(kind, test_y, predictions, accuracy), best, sweep, predictions)
 
 
 class LinearProbe(Evaluator):
-    """`<name>/<task>` for each of `config.evals.tasks` (balanced accuracy; `/f1_macro`,
-    `/f1_weighted` for multi-label; `/mse` for regression), plus the task means.
+    """`<name>/<task>` for each of `config.evals.tasks` (balanced accuracy, and with `accuracy=True`
+    plain accuracy as `<name>/<task>/accuracy`; `/f1_macro`, `/f1_weighted` for multi-label; `/mse` for
+    regression), plus the task means.
 
     Arguments: `tasks` (names from `config.evals.tasks`; empty: all), `features` ("joint": the fused
     Z of `modalities`; "concat": each modality's own Z, concatenated), `class_weight` (None or
-    "balanced"), the C sweep `Cs`, `holdout_fraction`, `max_iter`, `seed`."""
+    "balanced"), `accuracy`, the C sweep `Cs`, `holdout_fraction`, `max_iter`, `seed`."""
 
-    DEFAULTS = dict(modalities=(), tasks=(), features="joint", class_weight=None, Cs=DEFAULT_CS,
+    DEFAULTS = dict(modalities=(), tasks=(), features="joint", class_weight=None, accuracy=False, Cs=DEFAULT_CS,
                     holdout_fraction=0.2, max_iter=1000, seed=0)
 
     def __init__(self, name, args, evals):
@@ -145,7 +147,7 @@ class LinearProbe(Evaluator):
                                   self.labels(ctx, test, key), Cs=tuple(self.args["Cs"]),
                                   holdout_fraction=self.args["holdout_fraction"],
                                   max_iter=self.args["max_iter"], seed=self.args["seed"],
-                                  class_weight=self.args["class_weight"])
+                                  class_weight=self.args["class_weight"], accuracy=bool(self.args["accuracy"]))
             log.info("%s/%s: C=%g chosen on held-out scores %s", self.name, task, result.C, result.sweep)
             metrics.update({metric_name(self.name, task, k): v for k, v in result.metrics.items()})
         return with_task_means(metrics, self.name, self.evals.task_means)

@@ -1,7 +1,7 @@
 """Downstream task kinds, read from the labels themselves, and their scores.
 
-A label array `[examples]` of integers is a multiclass task (scored by balanced accuracy, and by plain
-accuracy under the suffix `accuracy`, the metric of the MultiBench tables); a 2-D
+A label array `[examples]` of integers is a multiclass task (scored by balanced accuracy, and on request
+by plain accuracy under the suffix `accuracy`, the metric of the MultiBench tables); a 2-D
 integer array `[examples, labels]` of 0/1 is multi-label (macro and weighted F1); floats are a
 regression target `[examples]` or `[examples, targets]` (mean squared error).
 """
@@ -27,10 +27,12 @@ def task_kind(labels: np.ndarray) -> str:
                      f"multi-label indicators [N, L] nor regression targets")
 
 
-def score(kind: str, truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """The task's metrics, keyed by suffix ("" for the headline number of a multiclass task)."""
+def score(kind: str, truth: np.ndarray, predicted: np.ndarray, accuracy: bool = False) -> dict[str, float]:
+    """The task's metrics, keyed by suffix ("" for the headline number of a multiclass task, and with
+    `accuracy` its plain accuracy under "accuracy")."""
     if kind == MULTICLASS:
-        return {"": float(balanced_accuracy_score(truth, predicted)), "accuracy": float(accuracy_score(truth, predicted))}
+        metrics = {"": float(balanced_accuracy_score(truth, predicted))}
+        return metrics | ({"accuracy": float(accuracy_score(truth, predicted))} if accuracy else {})
     if kind == MULTILABEL:
         return {"f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
                 "f1_weighted": float(f1_score(truth, predicted, average="weighted", zero_division=0))}

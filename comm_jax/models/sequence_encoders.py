@@ -61,20 +61,21 @@ class TransformerSequenceEncoder(nnx.Module):
 
 
 class CausalConvEncoder(nnx.Module):
-    """Vision&Touch's force encoder: causal 1D convolutions of kernel 2 and stride 2 with leaky ReLU
-    (slope 0.1), each halving the steps: `[batch, 32, 6]` -> `[batch, 1, out]` with the default
-    channels (16, 32, 64, 128) then `out`. Fixed-length input: no padding mask."""
+    """Vision&Touch's force encoder (MultiBench's robotics `ForceEncoder`): causal 1D convolutions of
+    kernel 2 and stride 2, each followed by leaky ReLU (slope 0.1) and halving the steps: `[batch, 32, 6]`
+    -> `[batch, 1, out]` with the default channels (16, 32, 64, 128) then `out`. As the reference's
+    `CausalConv1D` (one step of zero padding on both sides, the last output dropped), output i of a layer
+    sees its inputs 2i-1 and 2i, so output j of the stack sees the steps 32j-31 .. 32j only: of 32 steps,
+    the first alone. Fixed-length input: no padding mask."""
 
     def __init__(self, n_features: int, *, out: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128),
                  dtype=jnp.float32, rngs: nnx.Rngs):
         widths = (n_features, *channels, out)
-        self.convs = nnx.List([nnx.Conv(a, b, kernel_size=(2,), strides=(2,), padding=((1, 0),), dtype=dtype,
+        self.convs = nnx.List([nnx.Conv(a, b, kernel_size=(2,), strides=(2,), padding=((1, 1),), dtype=dtype,
                                         rngs=rngs) for a, b in zip(widths, widths[1:])])
         self.out_channels = out
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         for conv in self.convs:
-            # One step of left padding: output i sees inputs 2i-1 and 2i only (causal), as the reference's
-            # symmetric padding with its trailing outputs cut.
-            x = jax.nn.leaky_relu(conv(x), negative_slope=0.1)
+            x = jax.nn.leaky_relu(conv(x)[:, :-1], negative_slope=0.1)
         return x
