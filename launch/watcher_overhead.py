@@ -111,7 +111,7 @@ def summarise(runs: list[dict[str, object]]) -> list[dict[str, object]]:
 def markdown(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
     lines = [f"Training `{CONFIG}` for {meta['steps']} steps (checkpoint every {meta['ckpt_every']}) alone and "
              f"with the evaluation watcher beside it; {meta['host_cores']}-core host, load average "
-             f"{meta['load_at_start']} at start, {meta['date']}. Median over {meta['repeats']} repeat(s) of the "
+             f"{meta['load_at_start']} at start and {meta.get('load_at_end', '-')} at the end, {meta['date']}. Median over {meta['repeats']} repeat(s) of the "
              "mean step time after the first logged interval.", "",
              "| training processes | watcher | ms/step | slowdown | checkpoints evaluated while training |",
              "| --- | --- | --- | --- | --- |"]
