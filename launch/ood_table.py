@@ -11,7 +11,8 @@ and failure prediction on the ID test split. Runs are reused when their work dir
     python launch/ood_table.py --root=workdirs/ood_table [--res=64] [--crop=0.5] [--seeds=1] [--methods=comm,cross,cross_self] \\
         [--score=knn] [--override num_steps=1500]
 
-Writes ROOT/table.json (every `ood/` metric of every run), ROOT/table.md and ROOT/table.png.
+Writes ROOT/table.json (every `ood/` metric of every run), ROOT/table.md and ROOT/table.png; with
+`--finished_only`, the table of the runs evaluated so far, training nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def pretrain_and_score(args, method: str, seed: int, biased: bool) -> dict[str, 
         runs.check_same_run(workdir, final, config, overrides)
     row = runs.final_metrics(workdir)
     keys = needed(args.score, biased)
+    if getattr(args, "finished_only", False):     # the table of what is done: nothing trained or evaluated
+        return {k: v for k, v in (row or {}).items() if k.startswith("ood/")}
     if row is None or any(k not in row for k in keys):
         again = []
         if row is None:
@@ -140,6 +143,9 @@ def main() -> None:
     parser.add_argument("--score", default="knn", help="the score of the table (every score is kept in the JSON)")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    parser.add_argument("--finished_only", action="store_true",
+                        help="write the table of the runs already evaluated (a column only where every seed has it); "
+                             "train and evaluate nothing")
     args = parser.parse_args()
 
     started = time.time()
@@ -149,6 +155,10 @@ def main() -> None:
             raise SystemExit(f"unknown method {method!r}; known: {sorted(NAMES)}")
         per_seed[method] = [{**pretrain_and_score(args, method, seed, biased=False),
                              **pretrain_and_score(args, method, seed, biased=True)} for seed in range(args.seeds)]
+        if args.finished_only:
+            per_seed[method] = [row for row in per_seed[method] if row]
+            if not per_seed[method]:
+                del per_seed[method]
     table = summarise(per_seed, args.score)
     os.makedirs(args.root, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runs.ROOT, capture_output=True,

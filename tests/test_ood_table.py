@@ -81,3 +81,21 @@ def test_crop_reaches_the_pretraining_config(driver):
     assert "crop=0.5" in arg and "crop" not in driver.config_arg(64, "comm", True)
     assert config.data.views != default.data.views     # the SimCLR views' crop scale follows the flag
     assert config.evals.evaluators.ood == default.evals.evaluators.ood
+
+
+def test_finished_only_tables_what_is_evaluated_and_runs_nothing(driver, tmp_path, monkeypatch):
+    for method, biased in (("comm", False), ("comm", True), ("cross", False)):
+        workdir = tmp_path / f"{method}-seed0-{'biased' if biased else 'unbiased'}"
+        (workdir / "metrics").mkdir(parents=True)
+        mark_complete(str(workdir), 30)
+        (workdir / "metrics" / "eval.jsonl").write_text(json.dumps({"step": 30, **fake_metrics(method, 0, biased)}) + "\n")
+    monkeypatch.setattr(driver.runs, "run", lambda cmd: pytest.fail(f"ran {cmd}"))
+    monkeypatch.setattr(driver.runs, "check_same_run", lambda *a: None)
+    monkeypatch.setattr(driver, "bar_chart", lambda table, score, path: open(path, "w").close())
+    monkeypatch.setattr(sys, "argv", ["ood_table.py", f"--root={tmp_path}", "--methods=comm,cross,cross_self",
+                                      "--finished_only"])
+    driver.main()
+    table = json.loads((tmp_path / "table.json").read_text())["table"]
+    assert set(table) == {"comm", "cross"}                       # cross_self has no finished run
+    assert "synergy" in table["comm"] and "synergy" not in table["cross"]
+    assert table["cross"]["texture_1"]["mean"] == pytest.approx(0.6)
