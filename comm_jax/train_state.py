@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 from comm_jax.mesh import param_shardings
 from comm_jax.methods import Method
 from comm_jax.models import split_model
+from comm_jax.models.clip_encoders import is_frozen
 
 
 @flax.struct.dataclass
@@ -54,17 +55,32 @@ def held_still(tx: optax.GradientTransformation) -> optax.GradientTransformation
     return optax.GradientTransformation(tx.init, update)
 
 
-def make_optimizer(opt_cfg, num_steps: int, method: Method | None = None
+def frozen_mask(params) -> Any:
+    """Like `params`, True on the leaves of `FrozenParam` variables (pretrained towers held still)."""
+    return jax.tree.map(lambda v: jax.tree.map(lambda _: is_frozen(v), v), params,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def has_frozen(params) -> bool:
+    return any(jax.tree.leaves(frozen_mask(params)))
+
+
+def make_optimizer(opt_cfg, num_steps: int, method: Method | None = None, *, frozen: bool = False
                    ) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW (with `grad_clip`) and its schedule. With a method that has critics, the parameters
-    `method.critic_mask` marks are held still by it and carry `method.critic_optimizer`'s state under
-    the partition's `critic` group."""
+    """AdamW (with `grad_clip`) and its schedule. With `frozen`, the `FrozenParam` leaves get zero updates
+    and no optimizer state (the `frozen` group of a partition; AdamW and its clipping see only the rest).
+    With a method that has critics, the parameters `method.critic_mask` marks are held still by it and
+    carry `method.critic_optimizer`'s state under the partition's `critic` group."""
     schedule = learning_rate_schedule(opt_cfg, num_steps)
     tx = optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
                      eps=opt_cfg.get("eps", 1e-8), weight_decay=float(opt_cfg.weight_decay), mask=decay_mask)
     clip = float(opt_cfg.get("grad_clip", 0.0))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    if frozen:
+        def trained(params):
+            return jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params))
+        tx = optax.partition({"train": tx, "frozen": optax.set_to_zero()}, trained)
     if method is not None and method.critic_steps() > 0:
         def groups(params):
             return jax.tree.map(lambda critic: "critic" if critic else "main", method.critic_mask(params))
@@ -77,7 +93,7 @@ def _init_state(cfg, method: Method, abstract: bool):
         return method.build(nnx.Rngs(params=cfg.seed))
     trainable = nnx.eval_shape(build) if abstract else build()
     graphdef, params, batch_stats = split_model(trainable)
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps, method)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps, method, frozen=has_frozen(params))
 
     def init(params, batch_stats):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,

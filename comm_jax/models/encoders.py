@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from comm_jax.models.clip_encoders import CLIP_ENCODERS
 from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
 from comm_jax.models.sequence_encoders import CausalConvEncoder, GRUEncoder, TransformerSequenceEncoder
 from comm_jax.models.vector_encoders import VectorMLP
@@ -15,7 +17,7 @@ PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
 SEQUENCE_ENCODERS = {"causal_conv": CausalConvEncoder, "gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
 VECTOR_ENCODERS = {"mlp": VectorMLP}
-ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, "none")
+ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, *CLIP_ENCODERS, "none")
 
 
 class NoEncoder(nnx.Module):
@@ -32,7 +34,9 @@ def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -
     """(encoder, whether it is an image encoder) for modality `name` of a model config: images
     `[batch, h, w, c]` -> `[batch, h', w', C]`; sequences `[batch, steps, features]` (with key-padding
     `valid` `[batch, steps]`) -> `[batch, steps, C]`; vectors `[batch, F]` -> `[batch, C]`; `none` passes
-    features through. Its `out_channels` is C."""
+    features through; `clip_vision` / `clip_text` run frozen pretrained CLIP towers read from the spec's
+    `weights` (`comm_jax.models.clip_encoders`) and give token sequences. Its `out_channels` is C. An encoder
+    with `gives_mask = True` returns (features, key-padding mask) and the mask replaces the input's."""
     kind = spec.get("encoder", "none")
     args = dict(spec.get("encoder_args", {}))
     shape = tuple(spec["input_shape"])
@@ -42,6 +46,10 @@ def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -
         return SEQUENCE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
     if kind in VECTOR_ENCODERS:
         return VECTOR_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
+    if kind in CLIP_ENCODERS:
+        if not spec.get("weights"):
+            raise ValueError(f"model.encoders.{name}.weights: encoder {kind!r} needs the path of the CLIP weights")
+        return CLIP_ENCODERS[kind](shape[-1], weights=str(spec["weights"]), dtype=dtype, rngs=rngs), False
     if kind == "none":
         return NoEncoder(shape[-1]), False
     raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")
@@ -65,3 +73,8 @@ def check_modality_specs(cfg, positive_keys: tuple[str, ...] = ()) -> None:
     for key in positive_keys:
         if int(cfg[key]) <= 0:
             raise ValueError(f"model.{key} must be positive, got {cfg[key]}")
+
+
+def cast_input(x: jax.Array, dtype) -> jax.Array:
+    """Float inputs in the model's compute dtype; integer inputs (token ids) keep theirs."""
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
