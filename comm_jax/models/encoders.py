@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from comm_jax.models.clip_encoders import CLIP_ENCODERS
 from comm_jax.models.image_encoders import AlexNetFeatures, ResNet18Trunk, SmallCNN
 from comm_jax.models.sequence_encoders import CausalConvEncoder, GRUEncoder, TransformerSequenceEncoder
 from comm_jax.models.vector_encoders import VectorMLP
@@ -17,6 +16,9 @@ PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
 SEQUENCE_ENCODERS = {"causal_conv": CausalConvEncoder, "gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
 VECTOR_ENCODERS = {"mlp": VectorMLP}
+# Frozen pretrained towers (`comm_jax.models.clip_encoders`, imported when one is built: the export loader's
+# imports stay jax, flax and numpy).
+CLIP_ENCODERS = ("clip_vision", "clip_text")
 ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, *CLIP_ENCODERS, "none")
 
 
@@ -49,7 +51,10 @@ def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -
     if kind in CLIP_ENCODERS:
         if not spec.get("weights"):
             raise ValueError(f"model.encoders.{name}.weights: encoder {kind!r} needs the path of the CLIP weights")
-        return CLIP_ENCODERS[kind](shape[-1], weights=str(spec["weights"]), dtype=dtype, rngs=rngs), False
+        from comm_jax.models import clip_encoders
+
+        return clip_encoders.CLIP_ENCODERS[kind](shape[-1], weights=str(spec["weights"]), dtype=dtype,
+                                                 rngs=rngs), False
     if kind == "none":
         return NoEncoder(shape[-1]), False
     raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")
