@@ -15,11 +15,13 @@ from jax.sharding import Mesh
 from comm_jax.mesh import param_shardings
 from comm_jax.methods import Method
 from comm_jax.models import split_model
-from comm_jax.models.clip_encoders import is_frozen
+from comm_jax.models.clip_encoders import FrozenParam, is_frozen
 
 
 @flax.struct.dataclass
 class TrainState:
+    """`params` holds every parameter of the method's trainable, pretrained frozen ones (`FrozenParam`)
+    included; `opt_state` is the optimizer's state of the trained ones only (`split_frozen`)."""
     step: jax.Array
     params: Any
     batch_stats: Any
@@ -61,26 +63,23 @@ def frozen_mask(params) -> Any:
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def has_frozen(params) -> bool:
-    return any(jax.tree.leaves(frozen_mask(params)))
+def split_frozen(params) -> tuple[Any, Any]:
+    """(trained, frozen): the parameters the optimizer updates, and the `FrozenParam`s (pretrained towers),
+    which get no gradient and no optimizer state; `nnx.merge_state(trained, frozen)` is `params` again."""
+    return nnx.split_state(params, nnx.Not(FrozenParam), FrozenParam)
 
 
-def make_optimizer(opt_cfg, num_steps: int, method: Method | None = None, *, frozen: bool = False
+def make_optimizer(opt_cfg, num_steps: int, method: Method | None = None
                    ) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW (with `grad_clip`) and its schedule. With `frozen`, the `FrozenParam` leaves get zero updates
-    and no optimizer state (the `frozen` group of a partition; AdamW and its clipping see only the rest).
-    With a method that has critics, the parameters `method.critic_mask` marks are held still by it and
-    carry `method.critic_optimizer`'s state under the partition's `critic` group."""
+    """AdamW (with `grad_clip`) and its schedule, over the trained parameters (`split_frozen`). With a
+    method that has critics, the parameters `method.critic_mask` marks are held still by it and carry
+    `method.critic_optimizer`'s state under the partition's `critic` group."""
     schedule = learning_rate_schedule(opt_cfg, num_steps)
     tx = optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
                      eps=opt_cfg.get("eps", 1e-8), weight_decay=float(opt_cfg.weight_decay), mask=decay_mask)
     clip = float(opt_cfg.get("grad_clip", 0.0))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-    if frozen:
-        def trained(params):
-            return jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params))
-        tx = optax.partition({"train": tx, "frozen": optax.set_to_zero()}, trained)
     if method is not None and method.critic_steps() > 0:
         def groups(params):
             return jax.tree.map(lambda critic: "critic" if critic else "main", method.critic_mask(params))
@@ -93,11 +92,11 @@ def _init_state(cfg, method: Method, abstract: bool):
         return method.build(nnx.Rngs(params=cfg.seed))
     trainable = nnx.eval_shape(build) if abstract else build()
     graphdef, params, batch_stats = split_model(trainable)
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps, method, frozen=has_frozen(params))
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.num_steps, method)
 
     def init(params, batch_stats):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=tx.init(params))
+                          opt_state=tx.init(split_frozen(params)[0]))
 
     return graphdef, params, batch_stats, init, tx, schedule
 

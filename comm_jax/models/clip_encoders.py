@@ -1,10 +1,11 @@
 """Pretrained CLIP towers as frozen encoders of the registry: `clip_vision` and `clip_text`, read from the
 encoder spec's `weights=PATH` by `load_clip`, run inside the train step without being trained.
 
-Frozen means three things: the towers' weights are `FrozenParam` variables (a subclass of `nnx.Param`, so they
-ride with the model's parameters into checkpoints, evaluation and export), the optimizer gives them no state and
-zero updates (`comm_jax.train_state.make_optimizer` partitions them out), and the towers' outputs pass through
-`jax.lax.stop_gradient`, so no gradient is computed through them.
+Frozen means: the towers' weights are `FrozenParam` variables (a subclass of `nnx.Param`, so they ride with the
+model's parameters into checkpoints, evaluation and export); the train step splits them off
+(`comm_jax.train_state.split_frozen`) before differentiating, so they get no gradient and the optimizer neither
+sees them nor holds state for them; and the towers' outputs pass through `jax.lax.stop_gradient`, so nothing is
+back-propagated into the towers even when the model is differentiated as a whole.
 """
 
 from __future__ import annotations
