@@ -2,7 +2,7 @@
 read by the pipeline, the train step, the benchmark's synthetic batches and the AOT check.
 
 A training batch is one of two layouts (numpy per host, global jax arrays on the mesh):
-- views drawn in tf.data: `{"views": {view: {modality: float32 [B, ...]}}}`, plus
+- views drawn in tf.data: `{"views": {view: {modality: float32 [B, ...]}}}` (int32 token ids for `clip_text`), plus
   `"valid": {view: {modality: bool [B, steps]}}` for variable-length modalities (False = padding);
 - views drawn on the devices (`data.augment_on_device`, images only): `{"raw": {modality: uint8
   [B, h, w, c]}, "key": uint32 [B, 2]}`, the examples' decoded images once and a PRNG key each.
@@ -23,6 +23,8 @@ import jax.numpy as jnp
 # Each view's randomness is salted by its number: view1 and view2 are the two strong views every
 # contrastive method draws; `weak` is the reference's lightly augmented view (CLIP, Cross+Self).
 VIEW_IDS = {"view1": 1, "view2": 2, "weak": 3}
+# Encoders whose input is not float32 (by `model.encoders.<m>.encoder`).
+INPUT_DTYPES = {"clip_text": "int32"}
 
 
 def modality_salt(modality: str) -> int:
@@ -39,6 +41,7 @@ class BatchSpec:
     views: dict[str, dict[str, str]]
     on_device: bool
     variable_length: tuple[str, ...]
+    input_dtypes: dict[str, str] = dataclasses.field(default_factory=dict)   # default float32
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -50,7 +53,8 @@ class BatchSpec:
         if self.on_device:
             return {"raw": {m: jax.ShapeDtypeStruct(s, jnp.uint8) for m, s in shapes.items()},
                     "key": jax.ShapeDtypeStruct((batch_size, 2), jnp.uint32)}
-        out: dict[str, Any] = {"views": {v: {m: jax.ShapeDtypeStruct(s, jnp.float32) for m, s in shapes.items()}
+        dtypes = {m: jnp.dtype(self.input_dtypes.get(m, "float32")) for m in shapes}
+        out: dict[str, Any] = {"views": {v: {m: jax.ShapeDtypeStruct(s, dtypes[m]) for m, s in shapes.items()}
                                          for v in self.views}}
         if self.variable_length:
             out["valid"] = {v: {m: jax.ShapeDtypeStruct(shapes[m][:2], jnp.bool_) for m in self.variable_length}
@@ -98,4 +102,10 @@ def batch_spec(cfg, method) -> BatchSpec:
                              f"got {tuple(encoders[m].input_shape)}")
     return BatchSpec(input_shapes={m: tuple(encoders[m].input_shape) for m in modalities},
                      views=view_specs(cfg.data, method.views, modalities), on_device=on_device,
-                     variable_length=variable)
+                     variable_length=variable, input_dtypes={m: input_dtype(encoders[m]) for m in modalities})
+
+
+def input_dtype(encoder_spec) -> str:
+    """The dtype of a modality's model input: `input_dtype` of its encoder spec, else int32 for the token ids
+    of `clip_text`, float32 for everything else."""
+    return str(encoder_spec.get("input_dtype", INPUT_DTYPES.get(encoder_spec.get("encoder", "none"), "float32")))

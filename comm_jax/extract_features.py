@@ -65,16 +65,10 @@ def source_split(name: str, split: str, *, data_dir: str | None, manual_dir: str
 
 def poster_transform(image_size: int):
     """Encoded poster -> float32 [S, S, 3] in [0, 1]: shorter side resized to S (bicubic), centre crop."""
-    import tensorflow as tf
+    from input_pipeline.augment import decode_resized_center_crop
 
     def poster(example):
-        image = tf.image.convert_image_dtype(tf.io.decode_image(example["image"], channels=3,
-                                                                expand_animations=False), tf.float32)
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        resized = tf.cast(tf.math.ceil(shape * image_size / tf.reduce_min(shape)), tf.int32)
-        image = tf.image.resize(image, resized, method="bicubic", antialias=True)
-        image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
-        return {**example, "image": tf.clip_by_value(image, 0.0, 1.0)}
+        return {**example, "image": decode_resized_center_crop(example["image"], image_size)}
 
     return poster
 

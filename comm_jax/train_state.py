@@ -15,10 +15,13 @@ from jax.sharding import Mesh
 from comm_jax.mesh import param_shardings
 from comm_jax.methods import Method
 from comm_jax.models import split_model
+from comm_jax.models.clip_encoders import FrozenParam, is_frozen
 
 
 @flax.struct.dataclass
 class TrainState:
+    """`params` holds every parameter of the method's trainable, pretrained frozen ones (`FrozenParam`)
+    included; `opt_state` is the optimizer's state of the trained ones only (`split_frozen`)."""
     step: jax.Array
     params: Any
     batch_stats: Any
@@ -54,11 +57,23 @@ def held_still(tx: optax.GradientTransformation) -> optax.GradientTransformation
     return optax.GradientTransformation(tx.init, update)
 
 
+def frozen_mask(params) -> Any:
+    """Like `params`, True on the leaves of `FrozenParam` variables (pretrained towers held still)."""
+    return jax.tree.map(lambda v: jax.tree.map(lambda _: is_frozen(v), v), params,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def split_frozen(params) -> tuple[Any, Any]:
+    """(trained, frozen): the parameters the optimizer updates, and the `FrozenParam`s (pretrained towers),
+    which get no gradient and no optimizer state; `nnx.merge_state(trained, frozen)` is `params` again."""
+    return nnx.split_state(params, nnx.Not(FrozenParam), FrozenParam)
+
+
 def make_optimizer(opt_cfg, num_steps: int, method: Method | None = None
                    ) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW (with `grad_clip`) and its schedule. With a method that has critics, the parameters
-    `method.critic_mask` marks are held still by it and carry `method.critic_optimizer`'s state under
-    the partition's `critic` group."""
+    """AdamW (with `grad_clip`) and its schedule, over the trained parameters (`split_frozen`). With a
+    method that has critics, the parameters `method.critic_mask` marks are held still by it and carry
+    `method.critic_optimizer`'s state under the partition's `critic` group."""
     schedule = learning_rate_schedule(opt_cfg, num_steps)
     tx = optax.adamw(schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999),
                      eps=opt_cfg.get("eps", 1e-8), weight_decay=float(opt_cfg.weight_decay), mask=decay_mask)
@@ -81,7 +96,7 @@ def _init_state(cfg, method: Method, abstract: bool):
 
     def init(params, batch_stats):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=tx.init(params))
+                          opt_state=tx.init(split_frozen(params)[0]))
 
     return graphdef, params, batch_stats, init, tx, schedule
 

@@ -17,7 +17,7 @@ from comm_jax import config_schema
 from comm_jax.batch import VIEW_IDS, BatchSpec, batch_spec
 from comm_jax.mesh import batch_axes, batch_sharding, replicated
 from comm_jax.methods import Method
-from comm_jax.train_state import TrainState, abstract_train_state, create_train_state
+from comm_jax.train_state import TrainState, abstract_train_state, create_train_state, split_frozen
 
 
 def sharded_objective(method: Method, mesh: Mesh, objective: Callable | None = None) -> Callable:
@@ -35,16 +35,18 @@ def batch_shardings(mesh: Mesh, batch) -> Any:
 
 
 def make_loss_fn(graphdef, method: Method, mesh: Mesh) -> Callable:
-    """((params, batch_stats), views, valid) -> (loss, (metrics, new batch_stats)).
+    """((params, batch_stats), views, valid, frozen=None) -> (loss, (metrics, new batch_stats)).
 
     Batch statistics enter the differentiated argument with the parameters: NNX refuses to update
     a BatchStat created from a value traced outside the gradient transform. Their gradients are
-    zero in training mode (the output does not depend on the running averages) and are dropped."""
+    zero in training mode (the output does not depend on the running averages) and are dropped.
+    The step passes the trained parameters as `params` and the frozen ones (`train_state.split_frozen`)
+    apart, so those are not differentiated; `params` may also hold every parameter."""
     objective = sharded_objective(method, mesh)
 
-    def loss_fn(variables, views, valid):
+    def loss_fn(variables, views, valid, frozen=None):
         params, batch_stats = variables
-        trainable = nnx.merge(graphdef, params, batch_stats)
+        trainable = nnx.merge(graphdef, params, batch_stats, *(() if frozen is None else (frozen,)))
         embeddings = method.embeddings(trainable.model, views, valid)
         loss, metrics = objective(embeddings, method.scalars(trainable.extra))
         return loss, (metrics, nnx.state(trainable, nnx.BatchStat))
@@ -53,7 +55,7 @@ def make_loss_fn(graphdef, method: Method, mesh: Mesh) -> Callable:
 
 
 def make_critic_update(graphdef, method: Method, mesh: Mesh) -> Callable | None:
-    """(params, batch_stats, opt_state, views, valid) -> (params, opt_state, metrics): the method's
+    """(params, frozen, batch_stats, opt_state, views, valid) -> (params, opt_state, metrics): the method's
     `critic_steps` updates of its critics (see `Method.critic_objective`) on the embeddings of the
     updated model, their optimizer state in `opt_state.inner_states["critic"]`; None without critics."""
     steps = method.critic_steps()
@@ -62,12 +64,12 @@ def make_critic_update(graphdef, method: Method, mesh: Mesh) -> Callable | None:
     objective = sharded_objective(method, mesh, method.critic_objective)
     critic_tx = optax.masked(method.critic_optimizer(), method.critic_mask)
 
-    def update(params, batch_stats, opt_state, views, valid):
-        trainable = nnx.merge(graphdef, params, batch_stats)
+    def update(params, frozen, batch_stats, opt_state, views, valid):
+        trainable = nnx.merge(graphdef, params, frozen, batch_stats)
         embeddings = jax.lax.stop_gradient(method.embeddings(trainable.model, views, valid))
 
         def critic_loss(params):
-            return objective(embeddings, method.scalars(nnx.merge(graphdef, params, batch_stats).extra))
+            return objective(embeddings, method.scalars(nnx.merge(graphdef, params, frozen, batch_stats).extra))
 
         def one_step(carry, _):
             params, critic_state = carry
@@ -125,14 +127,16 @@ def make_train_step(graphdef, method: Method, spec: BatchSpec, mesh: Mesh, tx: o
     def step(state: TrainState, batch):
         if augment is not None:
             batch = jax.lax.with_sharding_constraint(augment(batch), views_sharding)
+        trained, frozen = split_frozen(state.params)
         (loss, (metrics, batch_stats)), (grads, _) = jax.value_and_grad(loss_fn, has_aux=True)(
-            (state.params, state.batch_stats), batch["views"], batch.get("valid"))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(method.constrain(state.params), updates)
+            (trained, state.batch_stats), batch["views"], batch.get("valid"), frozen)
+        updates, opt_state = tx.update(grads, state.opt_state, trained)
+        params = optax.apply_updates(method.constrain(trained), updates)
         if critic_update is not None:
-            params, opt_state, critic_metrics = critic_update(params, batch_stats, opt_state, batch["views"],
-                                                              batch.get("valid"))
+            params, opt_state, critic_metrics = critic_update(params, frozen, batch_stats, opt_state,
+                                                              batch["views"], batch.get("valid"))
             metrics = dict(metrics, **critic_metrics)
+        params = nnx.merge_state(params, frozen)
         metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics

@@ -106,6 +106,18 @@ def to_unit_float(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32)
 
 
+def decode_resized_center_crop(data: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded image (any size, any channel count) -> float32 [size, size, 3] in [0, 1]: shorter side resized
+    to `size` (bicubic, antialiased), centre crop; CLIP's and the CoMM reference's test transform, applied to
+    MM-IMDb posters by the feature extraction and by the in-step towers' pipeline alike."""
+    image = tf.image.convert_image_dtype(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    resized = tf.cast(tf.math.ceil(shape * size / tf.reduce_min(shape)), tf.int32)
+    image = tf.image.resize(image, resized, method="bicubic", antialias=True)
+    image = tf.image.resize_with_crop_or_pad(image, size, size)
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
+
+
 # ----------------------------------------------------------------------------------- image ops
 
 

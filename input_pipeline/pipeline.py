@@ -37,6 +37,7 @@ class LoadedSplit:
     ids: np.ndarray
     image_shapes: dict[str, tuple[int, int, int]]
     variable_length: set[str] = dataclasses.field(default_factory=set)
+    resized: dict[str, int] = dataclasses.field(default_factory=dict)   # image key -> size (decoded any size)
 
     @property
     def num_examples(self) -> int:
@@ -47,10 +48,14 @@ class LoadedSplit:
 
 
 def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | None = None,
-               prepare: bool = False, manual_dir: str | None = None) -> LoadedSplit:
+               prepare: bool = False, manual_dir: str | None = None, image_sizes: Mapping[str, int] | None = None,
+               tokenizers: Mapping[str, Callable[[list[str]], np.ndarray]] | None = None) -> LoadedSplit:
     """Reads features `keys` of a TFDS split into memory and validates every record; with `prepare`
     an unprepared builder is built first, reading user files from `manual_dir` (None: TFDS's
-    `<data_dir>/downloads/manual`).
+    `<data_dir>/downloads/manual`). Images of a key in `image_sizes` may differ in size: each is decoded
+    to RGB, its shorter side resized to the size and centre-cropped (`augment.decode_resized_center_crop`).
+    Text of a key in `tokenizers` is tokenized once here: the tokenizer maps a list of strings to int ids
+    `[N, L]`, the column holds them.
 
     Raises ValueError naming the field (and the record, by its `id` feature or index) when a key
     is not a feature of the builder, an image has another shape than the others or than declared,
@@ -81,9 +86,19 @@ def load_split(name: str, split: str, keys: Sequence[str], *, data_dir: str | No
         raise ValueError(f"split {split!r} of {name!r} is empty")
     ids = np.array([row["id"] if "id" in row else index for index, row in enumerate(rows)])
     loaded = LoadedSplit(name, split, {}, ids, {})
+    image_sizes, tokenizers = dict(image_sizes or {}), dict(tokenizers or {})
     for key in keys:
         values = [row[key] for row in rows]
-        if key in image_keys:
+        if key in image_sizes:
+            if key not in image_keys:
+                raise ValueError(f"field {key!r} of {name!r} is not an image; it cannot be resized")
+            _check_decodable(loaded, key, values)
+            loaded.resized[key] = int(image_sizes[key])
+            loaded.image_shapes[key] = (int(image_sizes[key]), int(image_sizes[key]), 3)
+            loaded.columns[key] = np.array(values, dtype=object)
+        elif key in tokenizers:
+            loaded.columns[key] = _tokenized(loaded, key, values, tokenizers[key])
+        elif key in image_keys:
             declared = tuple(features[key].shape)
             loaded.image_shapes[key] = _check_image_shapes(loaded, key, values, declared)
             loaded.columns[key] = np.array(values, dtype=object)
@@ -120,6 +135,23 @@ def _check_image_shapes(loaded: LoadedSplit, key: str, values: list[bytes],
             raise ValueError(f"{loaded.describe(index)}: field {key!r} has image shape {shape}, "
                              f"expected {expected} (declared {declared})")
     return expected
+
+
+def _check_decodable(loaded: LoadedSplit, key: str, values: list[bytes]) -> None:
+    for index, data in enumerate(values):
+        try:
+            encoded_image_shape(data)
+        except (tf.errors.InvalidArgumentError, IndexError, struct.error) as error:
+            raise ValueError(f"{loaded.describe(index)}: field {key!r} is not a decodable image: {error}") from None
+
+
+def _tokenized(loaded: LoadedSplit, key: str, values: list[bytes], tokenizer) -> np.ndarray:
+    texts = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+    empty = [index for index, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise ValueError(f"{loaded.describe(empty[0])}: field {key!r} is empty ({len(empty)} records); text "
+                         f"to tokenize must be present (for mmimdb/hdf5, put metadata.npy beside the file)")
+    return np.asarray(tokenizer(texts), np.int32)
 
 
 def _is_variable_length(feature) -> bool:
@@ -182,6 +214,8 @@ class _ExampleReader:
             # float16 features (frozen-encoder tokens) stay half-size in memory and reach the ops as float32
             return tf.cast(value, tf.float32) if value.dtype == tf.float16 else value
         value = tf.gather(self._columns[key], index)
+        if key in self._loaded.resized:
+            return augment.decode_resized_center_crop(value, self._loaded.resized[key])
         if key in self._loaded.image_shapes:
             shape = self._loaded.image_shapes[key]
             value = tf.io.decode_image(value, channels=shape[-1], expand_animations=False)
@@ -211,10 +245,24 @@ def _modalities(data_cfg) -> dict[str, str]:
 
 
 def _load_for(data_cfg, split: str, keys: Sequence[str]) -> LoadedSplit:
+    """The split, with `data.image_sizes` {modality: size} (images decoded at any size, resized and
+    centre-cropped) and `data.tokenizer` {modality: CLIP weights} (text tokenized by that checkpoint's
+    tokenizer to `[context_length]` int32 ids) applied to the modalities' feature keys."""
     if not data_cfg.get("name", None):
         raise ValueError("data.name must name a TFDS builder, e.g. 'bimodal_trifeatures/64px'")
+    modalities = _modalities(data_cfg)
+    image_sizes = {modalities[m]: int(size) for m, size in _per_modality(data_cfg, "image_sizes", modalities).items()}
+    tokenizers = {modalities[m]: _clip_tokenizer(weights)
+                  for m, weights in _per_modality(data_cfg, "tokenizer", modalities).items()}
     return load_split(data_cfg["name"], split, keys, data_dir=data_cfg.get("data_dir", None),
-                      prepare=data_cfg.get("prepare", False), manual_dir=data_cfg.get("manual_dir", None))
+                      prepare=data_cfg.get("prepare", False), manual_dir=data_cfg.get("manual_dir", None),
+                      image_sizes=image_sizes, tokenizers=tokenizers)
+
+
+def _clip_tokenizer(weights: str) -> Callable[[list[str]], np.ndarray]:
+    from comm_jax.models.clip_encoders import cached_clip
+
+    return cached_clip(str(weights)).tokenize
 
 
 class TrainIterator:

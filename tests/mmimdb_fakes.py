@@ -1,6 +1,7 @@
 """Tiny MM-IMDb files in both original formats (the release's split.json + dataset/<id>.json|jpeg, and
-MultiBench's multimodal_imdb.hdf5 + metadata.npy), and `FakeClipTowers`, a test double of the frozen CLIP
-towers with the API of `comm_jax.models.clip.load_clip` (deterministic, tiny, no weights)."""
+MultiBench's multimodal_imdb.hdf5 + metadata.npy), `FakeClipTowers`, a test double of the frozen CLIP
+towers with the API of `comm_jax.models.clip.load_clip` (deterministic, tiny, no weights), and
+`write_tiny_clip`, a tiny random Hugging Face CLIPModel directory (needs torch and transformers)."""
 
 from __future__ import annotations
 
@@ -146,3 +147,35 @@ class FakeClipTowers:
 
     def text_tokens(self, ids):
         return self.embedding[ids] + self.positions[None, : ids.shape[1]]
+
+
+TINY_CLIP_CONTEXT, TINY_CLIP_IMAGE = 16, 32
+
+
+def write_tiny_clip(directory: str):
+    """A tiny random `transformers.CLIPModel` saved in `directory` (safetensors, config, vocab.json,
+    merges.txt): a byte-level vocabulary plus a few merges of the fake plots' words. Returns the model."""
+    import torch
+    import transformers
+
+    from comm_jax.models.clip.tokenizer import END, START, byte_symbols
+
+    symbols = byte_symbols()
+    merges = [("l", "o"), ("lo", "v"), ("lov", "e</w>"), ("s", "o"), ("so", "n"), ("son", "g</w>")]
+    tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), START, END]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=TINY_CLIP_CONTEXT, bos_token_id=vocab[START],
+                         eos_token_id=vocab[END], pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=TINY_CLIP_IMAGE, patch_size=8),
+        projection_dim=16)
+    model = transformers.CLIPModel(config).eval()
+    model.save_pretrained(directory)
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(directory, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return model

@@ -3,7 +3,6 @@ saved as a Hugging Face directory (safetensors, vocab.json, merges.txt) is loade
 token features written for each fake movie equal the PyTorch model's on the same poster pixels and on the
 plot tokenized by `transformers.CLIPTokenizer` (to float16 rounding)."""
 
-import json
 import os
 
 import numpy as np
@@ -17,33 +16,10 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import mmimdb_fakes as fakes  # noqa: E402
 from comm_jax import extract_features  # noqa: E402
 from comm_jax.models.clip import load_clip  # noqa: E402
-from comm_jax.models.clip.tokenizer import END, START, byte_symbols  # noqa: E402
 from input_pipeline import mmimdb_features  # noqa: E402
 
-CONTEXT, IMAGE = 16, 32
-
-
-def write_tiny_clip(directory):
-    """A tiny CLIPModel with a byte-level vocabulary plus a few merges of the fake plots' words."""
-    symbols = byte_symbols()
-    merges = [("l", "o"), ("lo", "v"), ("lov", "e</w>"), ("s", "o"), ("so", "n"), ("son", "g</w>")]
-    tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), START, END]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=CONTEXT, bos_token_id=vocab[START],
-                         eos_token_id=vocab[END], pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=IMAGE, patch_size=8),
-        projection_dim=16)
-    model = transformers.CLIPModel(config).eval()
-    model.save_pretrained(directory)
-    with open(os.path.join(directory, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(directory, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return model
+CONTEXT, IMAGE = fakes.TINY_CLIP_CONTEXT, fakes.TINY_CLIP_IMAGE
+write_tiny_clip = fakes.write_tiny_clip
 
 
 def test_extracted_features_are_the_pytorch_models_tokens(tmp_path):

@@ -34,6 +34,7 @@ def synthetic_batch(cfg, batch_size: int, mesh, seed: int = 0) -> dict[str, Any]
     def make(key):
         keys = jax.random.split(key, len(leaves))
         made = [jax.random.bits(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.unsignedinteger)
+                else jax.random.randint(k, x.shape, 1, 256, x.dtype) if jnp.issubdtype(x.dtype, jnp.integer)
                 else jnp.ones(x.shape, x.dtype) if x.dtype == jnp.bool_
                 else jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
         return treedef.unflatten(made)

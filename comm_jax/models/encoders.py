@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -15,7 +16,10 @@ PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_ENCODERS = {"alexnet": AlexNetFeatures, "resnet18": ResNet18Trunk, "small_cnn": SmallCNN}
 SEQUENCE_ENCODERS = {"causal_conv": CausalConvEncoder, "gru": GRUEncoder, "transformer": TransformerSequenceEncoder}
 VECTOR_ENCODERS = {"mlp": VectorMLP}
-ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, "none")
+# Frozen pretrained towers (`comm_jax.models.clip_encoders`, imported when one is built: the export loader's
+# imports stay jax, flax and numpy).
+CLIP_ENCODERS = ("clip_vision", "clip_text")
+ENCODERS = (*IMAGE_ENCODERS, *SEQUENCE_ENCODERS, *VECTOR_ENCODERS, *CLIP_ENCODERS, "none")
 
 
 class NoEncoder(nnx.Module):
@@ -32,7 +36,9 @@ def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -
     """(encoder, whether it is an image encoder) for modality `name` of a model config: images
     `[batch, h, w, c]` -> `[batch, h', w', C]`; sequences `[batch, steps, features]` (with key-padding
     `valid` `[batch, steps]`) -> `[batch, steps, C]`; vectors `[batch, F]` -> `[batch, C]`; `none` passes
-    features through. Its `out_channels` is C."""
+    features through; `clip_vision` / `clip_text` run frozen pretrained CLIP towers read from the spec's
+    `weights` (`comm_jax.models.clip_encoders`) and give token sequences. Its `out_channels` is C. An encoder
+    with `gives_mask = True` returns (features, key-padding mask) and the mask replaces the input's."""
     kind = spec.get("encoder", "none")
     args = dict(spec.get("encoder_args", {}))
     shape = tuple(spec["input_shape"])
@@ -42,6 +48,13 @@ def make_encoder(name: str, spec: Mapping[str, Any], *, dtype, rngs: nnx.Rngs) -
         return SEQUENCE_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
     if kind in VECTOR_ENCODERS:
         return VECTOR_ENCODERS[kind](shape[-1], dtype=dtype, rngs=rngs, **args), False
+    if kind in CLIP_ENCODERS:
+        if not spec.get("weights"):
+            raise ValueError(f"model.encoders.{name}.weights: encoder {kind!r} needs the path of the CLIP weights")
+        from comm_jax.models import clip_encoders
+
+        return clip_encoders.CLIP_ENCODERS[kind](shape[-1], weights=str(spec["weights"]), dtype=dtype,
+                                                 rngs=rngs), False
     if kind == "none":
         return NoEncoder(shape[-1]), False
     raise ValueError(f"model.encoders.{name}.encoder: unknown encoder {kind!r}; known: {ENCODERS}")
@@ -65,3 +78,8 @@ def check_modality_specs(cfg, positive_keys: tuple[str, ...] = ()) -> None:
     for key in positive_keys:
         if int(cfg[key]) <= 0:
             raise ValueError(f"model.{key} must be positive, got {cfg[key]}")
+
+
+def cast_input(x: jax.Array, dtype) -> jax.Array:
+    """Float inputs in the model's compute dtype; integer inputs (token ids) keep theirs."""
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x

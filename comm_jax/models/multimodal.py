@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from comm_jax.models.adapters import ADAPTERS
-from comm_jax.models.encoders import PRECISIONS, check_modality_specs, make_encoder
+from comm_jax.models.encoders import PRECISIONS, cast_input, check_modality_specs, make_encoder
 from comm_jax.models.fusion import FusionTransformer, comm_subsets
 from comm_jax.models.head import LinearProjection, ProjectionHead
 
@@ -27,8 +27,10 @@ class ModalityEncoder(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None):
-        x = x.astype(self.dtype)
+        x = cast_input(x, self.dtype)
         features = self.encoder(x) if self.is_image else self.encoder(x, valid)
+        if getattr(self.encoder, "gives_mask", False):
+            features, valid = features
         return self.adapter(features, valid)
 
 

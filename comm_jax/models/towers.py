@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from comm_jax.models.encoders import PRECISIONS, check_modality_specs, make_encoder
+from comm_jax.models.encoders import PRECISIONS, cast_input, check_modality_specs, make_encoder
 from comm_jax.models.head import LinearProjection, ProjectionHead
 
 # `model.pool` per encoder spec: how a feature map or sequence becomes one vector.
@@ -48,18 +48,19 @@ class PooledEncoder(nnx.Module):
             raise ValueError(f"model.encoders.{name}.pool must be one of {POOLS}, got {self.pool!r}")
         if self.pool == "flatten":
             shape = tuple(spec["input_shape"])
-            features = jax.eval_shape(lambda x: self._features(x, None), jax.ShapeDtypeStruct((1, *shape), dtype))
+            features = jax.eval_shape(lambda x: self._features(x, None)[0], jax.ShapeDtypeStruct((1, *shape), dtype))
             n_in = math.prod(features.shape[1:])
         else:
             n_in = self.encoder.out_channels
         self.linear = nnx.Linear(n_in, latent, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
-    def _features(self, x: jax.Array, valid: jax.Array | None) -> jax.Array:
-        return self.encoder(x) if self.is_image else self.encoder(x, valid)
+    def _features(self, x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        features = self.encoder(x) if self.is_image else self.encoder(x, valid)
+        return features if getattr(self.encoder, "gives_mask", False) else (features, valid)
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-        features = self._features(x.astype(self.dtype), valid)
+        features, valid = self._features(cast_input(x, self.dtype), valid)
         if self.pool == "flatten":
             pooled = features.reshape(features.shape[0], -1)
         elif features.ndim == 4:
