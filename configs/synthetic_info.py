@@ -12,7 +12,7 @@ get_config(arg) tokens (comma-separated):
                the controlled augmentation that makes B view-specific noise (default: none)
   sweep=true   also probe, and decompose, the label of every noise-free mix (`SWEEP_MIXES`): the vectors
                are the same in every such mix and pretraining reads no label, so one pretraining serves
-               them all (metrics `probe_<mix>/label`, `pid_<mix>/label/{R,U1,U2,S}`)
+               them all (metrics `probe_<mix>/label`, `pid_<mix>/label/{R,U1,U2,S}`; plus `probe/U2`)
 
 Each modality goes through an MLP encoder (100 -> 256 -> 256 -> latent); CoMM fuses the two
 encodings as one token each. Views are drawn in tf.data: Gaussian noise and random entry drops, as
@@ -105,7 +105,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "pid": {"type": "pid"},
     }
     if common.as_bool(tokens.get("sweep", "false"), "sweep"):
+        # The mixes' labels include the redundant, unique1 and synergy tasks themselves: the default
+        # probe keeps U2 only, and the PIDs are those of each mix's label (no fused ones), to keep the
+        # evaluation of a 2-core CPU run within minutes.
         c.evals.datasets = {m: f"synthetic_info/{m}" for m in SWEEP_MIXES}
+        c.evals.evaluators = {"probe": {"type": "linear_probe", "tasks": ("U2",)}}
         for m in SWEEP_MIXES:
             c.evals.evaluators[f"probe_{m}"] = {"type": "linear_probe", "dataset": m, "tasks": ("label",)}
             c.evals.evaluators[f"pid_{m}"] = {"type": "pid", "dataset": m, "tasks": ("label",), "fused": False}

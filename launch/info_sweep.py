@@ -36,7 +36,10 @@ from comm_jax.information import PID_PARTS  # noqa: E402
 from configs.synthetic_info import SWEEP_MIXES  # noqa: E402
 
 NAMES = {"cross": "Cross", "cross_self": "Cross+Self", "factorcl": "FactorCL", "comm": "CoMM"}
-TASK_PROBES = ("R", "U1", "U2", "S")     # the single-bit tasks every run also probes (`probe/<task>`)
+# The single-bit tasks and the metric holding each one's probe (the mixes redundant, unique1 and synergy
+# label those very bits).
+TASK_PROBES = {"R": "probe_redundant/label", "U1": "probe_unique1/label", "U2": "probe/U2",
+               "S": "probe_synergy/label"}
 
 
 def config_arg(method: str) -> str:
@@ -46,7 +49,7 @@ def config_arg(method: str) -> str:
 
 def needed() -> list[str]:
     """The metrics a run's final evaluation must have for the sweep."""
-    keys = [f"probe/{t}" for t in TASK_PROBES]
+    keys = ["probe/U2"]
     for mix in SWEEP_MIXES:
         keys += [f"probe_{mix}/label"] + [f"pid_{mix}/label/{p}" for p in PID_PARTS]
     return keys
@@ -107,7 +110,7 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
         table[method] = {mix: {"accuracy": mean_std([r[f"probe_{mix}/label"] for r in rows]),
                                "pid": {p: mean_std([r[f"pid_{mix}/label/{p}"] for r in rows]) for p in PID_PARTS}}
                          for mix in SWEEP_MIXES}
-        table[method]["tasks"] = {t: mean_std([r[f"probe/{t}"] for r in rows]) for t in TASK_PROBES}
+        table[method]["tasks"] = {t: mean_std([r[key] for r in rows]) for t, key in TASK_PROBES.items()}
     return table
 
 
