@@ -9,8 +9,16 @@ vectors are the same in every noise-free mix and pretraining reads no label, so 
 method and seed serves every mix. Runs are reused when their work directory has results, with the
 checks of launch/trifeatures_table.py (a finished run trained with another config stops the driver).
 
-    python launch/info_sweep.py --root=workdirs/info_sweep [--seeds=3] [--methods=cross,cross_self,factorcl,comm] \\
-        [--override num_steps=600]
+With `--batch_pid` (default) the PID of (Z_1, Z_2; label) is also estimated by the continuous estimator
+(`comm_jax.information.batch_estimator`) on the train split's frozen embeddings (`comm_jax.export
+--embeddings`, each mix's label composed from the exported task bits), and the same estimator is run on the
+inputs (X_1, X_2; label) as its own reference against the ground truth; both are cached (ROOT/RUN/batch_pid.json,
+ROOT/batch_pid_inputs.json).
+
+    python launch/info_sweep.py --root=workdirs/info_sweep [--seeds=3] [--methods=cross,cross_self,factorcl:1,comm] \\
+        [--override num_steps=600] [--no-batch_pid]
+
+`METHOD:N` runs N seeds of that method (default `--seeds`).
 
 Writes ROOT/table.json (every seed's metrics, the ground truth, the summary), ROOT/table.md and
 ROOT/table.png (probe accuracy against the label's share of unique information per method; the PID of
@@ -28,6 +36,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -98,6 +108,81 @@ def pretrain_and_evaluate(args, method: str, seed: int) -> dict[str, float]:
     return {k: row[k] for k in keys}
 
 
+# The continuous estimator's settings for representations and inputs (10,000 rows: 5,000 estimate).
+BATCH_SETTINGS = dict(classifier_steps=1500, align_steps=200)
+
+
+def mix_label(bits: dict[str, np.ndarray], mix: str) -> np.ndarray:
+    """The label of `mix` from the task bits {task: [n]} (first task the highest bit, as the generator)."""
+    from input_pipeline import synthetic_info
+
+    label = np.zeros_like(bits[synthetic_info.LABELS[mix][0]])
+    for task in synthetic_info.LABELS[mix]:
+        label = 2 * label + bits[task]
+    return label
+
+
+def batch_pids(x1: np.ndarray, x2: np.ndarray, bits: dict[str, np.ndarray], seed: int) -> dict[str, dict]:
+    """mix -> {"parts", "stderr"} of the continuous estimator on (x1, x2; label of the mix)."""
+    from comm_jax.information.batch_estimator import BatchPIDSettings, batch_pid
+    from input_pipeline import synthetic_info
+
+    out = {}
+    for mix in SWEEP_MIXES:
+        estimate = batch_pid(x1, x2, mix_label(bits, mix), classes=2 ** len(synthetic_info.LABELS[mix]),
+                             settings=BatchPIDSettings(**BATCH_SETTINGS), seed=seed)
+        out[mix] = {"parts": estimate.parts, "stderr": estimate.stderr}
+    return out
+
+
+def cached(path: str, compute) -> dict:
+    """The JSON at `path` if it was written with these BATCH_SETTINGS, else compute() written there."""
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("settings") == BATCH_SETTINGS:
+            return saved["pid"]
+    result = compute()
+    with open(path, "w") as f:
+        json.dump({"settings": BATCH_SETTINGS, "pid": result}, f, indent=2)
+    return result
+
+
+def export_embeddings(workdir: str, config: str, overrides: list[str]) -> str:
+    """The train split's frozen embeddings of the run's final checkpoint (exported once); returns the .npz path."""
+    out = os.path.join(workdir, "export")
+    path = os.path.join(out, "embeddings_train.npz")
+    if not os.path.exists(path):
+        runs.run([sys.executable, "-m", "comm_jax.export", f"--workdir={workdir}", f"--output={out}", "--embeddings",
+                  "--split=train", f"--config={config}", *overrides])
+    return path
+
+
+def representation_pid(args, method: str, seed: int) -> dict[str, dict]:
+    """mix -> continuous-estimator PID of (Z_1, Z_2; label) of a finished run (cached in its work directory)."""
+    workdir = os.path.join(args.root, f"{method}-seed{seed}")
+    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
+
+    def compute():
+        arrays = np.load(export_embeddings(workdir, config_arg(method), overrides))
+        modalities = sorted(k for k in arrays.files if k.startswith("z_"))
+        bits = {task: arrays[f"label_{task}"] for task in ("redundant", "unique1", "unique2", "synergy")}
+        return batch_pids(arrays[modalities[0]], arrays[modalities[1]], bits, seed)
+
+    return cached(os.path.join(workdir, "batch_pid.json"), compute)
+
+
+def input_pid(root: str) -> dict[str, dict]:
+    """mix -> continuous-estimator PID of the inputs (X_1, X_2; label), train split (cached in ROOT)."""
+    def compute():
+        from input_pipeline import synthetic_info
+        arrays = synthetic_info.generate_split("train", synthetic_info.LABELS[SWEEP_MIXES[0]], 0.0)
+        bits = {task: arrays[task] for task in synthetic_info.TASKS}
+        return batch_pids(arrays["x1"], arrays["x2"], bits, seed=0)
+
+    return cached(os.path.join(root, "batch_pid_inputs.json"), compute)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -111,6 +196,10 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
                                "pid": {p: mean_std([r[f"pid_{mix}/label/{p}"] for r in rows]) for p in PID_PARTS}}
                          for mix in SWEEP_MIXES}
         table[method]["tasks"] = {t: mean_std([r[key] for r in rows]) for t, key in TASK_PROBES.items()}
+        if all("batch_pid" in r for r in rows):
+            for mix in SWEEP_MIXES:
+                table[method][mix]["batch_pid"] = {p: mean_std([r["batch_pid"][mix]["parts"][p] for r in rows])
+                                                   for p in PID_PARTS}
     return table
 
 
@@ -119,12 +208,13 @@ def above_chance(accuracy: float, classes: int) -> float:
     return (accuracy - 1.0 / classes) / (1.0 - 1.0 / classes)
 
 
-def markdown(table, truth, n_seeds: int, steps: str) -> str:
+def markdown(table, truth, seeds: dict[str, int], steps: str, inputs: dict | None = None) -> str:
     methods = list(table)
     lines = [f"Linear probe balanced accuracy (%) of each mix's label on frozen representations, synthetic_info, CPU "
-             f"variant ({steps} steps), mean ± std over {n_seeds} seed(s); chance is 100 / classes. Ground truth: "
+             f"variant ({steps} steps), mean ± std over the seeds in brackets; chance is 100 / classes. Ground truth: "
              "the label's PID of (X1, X2; label) in bits.", "",
-             "| mix (label) | classes | truth R / U1 / U2 / S | unique share | " + " | ".join(NAMES[m] for m in methods) + " |",
+             "| mix (label) | classes | truth R / U1 / U2 / S | unique share | "
+             + " | ".join(f"{NAMES[m]} ({seeds[m]})" for m in methods) + " |",
              "|" + " --- |" * (4 + len(methods))]
     for mix in SWEEP_MIXES:
         t = truth[mix]
@@ -144,6 +234,16 @@ def markdown(table, truth, n_seeds: int, steps: str) -> str:
         cells = [" / ".join(f"{table[m][mix]['pid'][p][0]:.2f}" for p in PID_PARTS) for m in methods]
         lines.append(f"| {mix} | " + " / ".join(f"{truth[mix]['pid'][p]:.2f}" for p in PID_PARTS) + " | "
                      + " | ".join(cells) + " |")
+    batch = [m for m in methods if "batch_pid" in table[m][SWEEP_MIXES[0]]]
+    if batch and inputs:
+        lines += ["", "PID of (Z1, Z2; label) in bits by the continuous estimator (`batch_estimator`: learned "
+                  "conditionals, Sinkhorn-coupled q per batch of 256) on the train split's embeddings, mean over seeds, "
+                  "R / U1 / U2 / S; `inputs`: the same estimator on (X1, X2; label), its own error against the truth.", "",
+                  "| mix | truth | inputs | " + " | ".join(NAMES[m] for m in batch) + " |", "|" + " --- |" * (3 + len(batch))]
+        for mix in SWEEP_MIXES:
+            cells = [" / ".join(f"{table[m][mix]['batch_pid'][p][0]:.2f}" for p in PID_PARTS) for m in batch]
+            lines.append(f"| {mix} | " + " / ".join(f"{truth[mix]['pid'][p]:.2f}" for p in PID_PARTS) + " | "
+                         + " / ".join(f"{inputs[mix]['parts'][p]:.2f}" for p in PID_PARTS) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,6 +275,8 @@ def chart(table, truth, path: str) -> None:
     left.set_ylim(-0.05, 1.05)
     left.legend(frameon=False, fontsize=8)
 
+    # The continuous estimator's PIDs where the table has them, else the clustered evaluator's.
+    key = "batch_pid" if all("batch_pid" in table[m][SWEEP_MIXES[0]] for m in methods) else "pid"
     columns = ["truth"] + methods
     width = 0.8 / len(columns)
     part_colours = {"R": "#4c72b0", "U1": "#dd8452", "U2": "#c44e52", "S": "#55a868"}
@@ -182,7 +284,7 @@ def chart(table, truth, path: str) -> None:
         x = np.arange(len(SWEEP_MIXES)) + (i - (len(columns) - 1) / 2) * width
         bottom = np.zeros(len(SWEEP_MIXES))
         for part in PID_PARTS:
-            values = np.array([truth[mix]["pid"][part] if column == "truth" else table[column][mix]["pid"][part][0]
+            values = np.array([truth[mix]["pid"][part] if column == "truth" else table[column][mix][key][part][0]
                                for mix in SWEEP_MIXES])
             right.bar(x, values, width * 0.95, bottom=bottom, color=part_colours[part],
                       label=part if i == 0 else None, edgecolor="black" if column == "truth" else "none", lw=0.5)
@@ -192,8 +294,9 @@ def chart(table, truth, path: str) -> None:
     right.set_xticks(np.arange(len(SWEEP_MIXES)), [m.replace("_", "\n") for m in SWEEP_MIXES], fontsize=8)
     right.tick_params(axis="x", pad=14)
     right.set_ylabel("bits")
-    right.set_title("PID of (Z1, Z2; label) per method (mean over seeds) beside the truth T of (X1, X2; label)",
-                    fontsize=9)
+    estimator = "continuous estimator" if key == "batch_pid" else "k-means codes + BROJA"
+    right.set_title(f"PID of (Z1, Z2; label) per method ({estimator}, mean over seeds) beside the truth T of "
+                    "(X1, X2; label)", fontsize=9)
     right.legend(frameon=False, ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -203,36 +306,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="workdirs/info_sweep")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", default="cross,cross_self,factorcl,comm")
+    parser.add_argument("--methods", default="cross,cross_self,factorcl,comm", help="METHOD[:SEEDS],...")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    parser.add_argument("--batch_pid", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the continuous estimator's PID of each representation and of the inputs")
     args = parser.parse_args()
 
     started = time.time()
-    per_seed: dict[str, list[dict[str, float]]] = {}
-    for method in args.methods.split(","):
+    seeds = {}
+    for item in args.methods.split(","):
+        method, _, count = item.partition(":")
         if method not in NAMES:
             raise SystemExit(f"unknown method {method!r}; known: {sorted(NAMES)}")
-    # Seeds outermost: an interrupted sweep has every method at the same number of seeds.
-    for seed in range(args.seeds):
-        for method in args.methods.split(","):
-            per_seed.setdefault(method, []).append(pretrain_and_evaluate(args, method, seed))
+        seeds[method] = int(count) if count else args.seeds
+    per_seed: dict[str, list[dict]] = {m: [] for m in seeds}
+    # Seeds outermost: an interrupted sweep has every method at about the same number of seeds.
+    for seed in range(max(seeds.values())):
+        for method in seeds:
+            if seed < seeds[method]:
+                per_seed[method].append(pretrain_and_evaluate(args, method, seed))
+    inputs = None
+    if args.batch_pid:
+        for method, rows in per_seed.items():
+            for seed, row in enumerate(rows):
+                row["batch_pid"] = representation_pid(args, method, seed)
+        inputs = input_pid(args.root)
     table = summarise(per_seed)
     truth = ground_truth()
     steps = next((o.split("=", 1)[1] for o in args.override if o.startswith("num_steps=")), "600")
     os.makedirs(args.root, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runs.ROOT, capture_output=True,
                             text=True).stdout.strip() or None
+
+    def cell(value):
+        return {"mean": value[0], "std": value[1]}
+
+    summary = {m: {k: ({"mean": v["accuracy"][0], "std": v["accuracy"][1],
+                        **{key: {p: cell(x) for p, x in v[key].items()} for key in ("pid", "batch_pid") if key in v}}
+                       if k != "tasks" else {t: cell(x) for t, x in v.items()})
+                   for k, v in row.items()} for m, row in table.items()}
     with open(os.path.join(args.root, "table.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "mixes": list(SWEEP_MIXES), "truth": truth, "per_seed": per_seed,
-                   "table": {m: {k: ({"mean": v["accuracy"][0], "std": v["accuracy"][1],
-                                      "pid": {p: {"mean": s[0], "std": s[1]} for p, s in v["pid"].items()}}
-                                     if k != "tasks" else {t: {"mean": s[0], "std": s[1]} for t, s in v.items()})
-                                 for k, v in row.items()} for m, row in table.items()},
-                   "command": " ".join(sys.argv), "commit": commit, "overrides": args.override,
+        json.dump({"seeds": seeds, "mixes": list(SWEEP_MIXES), "truth": truth, "batch_pid_inputs": inputs,
+                   "batch_settings": BATCH_SETTINGS if args.batch_pid else None, "per_seed": per_seed,
+                   "table": summary, "command": " ".join(sys.argv), "commit": commit, "overrides": args.override,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
-    text = markdown(table, truth, args.seeds, steps)
+    text = markdown(table, truth, seeds, steps, inputs)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     chart(table, truth, os.path.join(args.root, "table.png"))

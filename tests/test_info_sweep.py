@@ -82,7 +82,8 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     mark_complete(str(old), 30)
     (old / "metrics" / "eval.jsonl").write_text(json.dumps({"step": 30, "probe/R": 0.5}) + "\n")
 
-    argv = ["info_sweep.py", f"--root={tmp_path}", "--seeds=2", "--methods=cross,comm", "--override", "num_steps=30"]
+    argv = ["info_sweep.py", f"--root={tmp_path}", "--seeds=2", "--methods=cross,comm", "--override", "num_steps=30",
+            "--no-batch_pid"]
     monkeypatch.setattr(sys, "argv", argv)
     driver.main()
 
@@ -115,6 +116,43 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     calls.clear()
     driver.main()             # every run done and evaluated: nothing runs again
     assert calls == []
+
+    # METHOD:N runs N seeds of that method; the continuous estimator's PIDs join the table, from each
+    # run's exported embeddings (cached), beside the estimator on the inputs.
+    exported, estimated = [], []
+
+    def fake_export(workdir, config_arg, overrides):
+        exported.append(workdir)
+        path = os.path.join(workdir, "fake.npz")
+        bits = {f"label_{t}": np.arange(8) % 2 for t in ("redundant", "unique1", "unique2", "synergy")}
+        np.savez(path, z_x1=np.zeros((8, 3)), z_x2=np.ones((8, 3)), **bits)
+        return path
+
+    def fake_batch_pids(x1, x2, bits, seed):
+        estimated.append(x1.shape)
+        return {mix: {"parts": {"R": 0.5 + seed, "U1": 0.1, "U2": 0.0, "S": 0.2}, "stderr": {}} for mix in config.SWEEP_MIXES}
+
+    monkeypatch.setattr(driver, "export_embeddings", fake_export)
+    monkeypatch.setattr(driver, "batch_pids", fake_batch_pids)
+    monkeypatch.setattr(sys, "argv", argv[:-1] + ["--methods=cross,comm:1"])
+    driver.main()
+    assert calls == [] and sorted(exported) == sorted(str(tmp_path / r) for r in ("cross-seed0", "cross-seed1", "comm-seed0"))
+    assert estimated[:3] == [(8, 3)] * 3 and len(estimated) == 4          # three runs, then the inputs (train split)
+    out = json.loads((tmp_path / "table.json").read_text())
+    assert out["seeds"] == {"cross": 2, "comm": 1}
+    assert out["table"]["cross"]["unique1"]["batch_pid"]["R"] == {"mean": 1.0, "std": pytest.approx(0.7071, abs=1e-4)}
+    assert "| unique1 | 0.00 / 1.00 / 0.00 / 0.00 | 0.50 / 0.10 / 0.00 / 0.20 |" in (tmp_path / "table.md").read_text()
+    exported.clear()
+    driver.main()             # cached: nothing exported or estimated again
+    assert exported == [] and len(estimated) == 4
+
+
+def test_mix_labels_composed_from_task_bits_match_the_generator(driver):
+    arrays = synthetic_info.generate_split("test", synthetic_info.LABELS["redundant"], 0.0, size=256)
+    bits = {task: arrays[task] for task in synthetic_info.TASKS}
+    for mix in config.SWEEP_MIXES:
+        generated = synthetic_info.generate_split("test", synthetic_info.LABELS[mix], 0.0, size=256)["label"]
+        np.testing.assert_array_equal(driver.mix_label(bits, mix), generated)
 
 
 def test_above_chance_scale(driver):
