@@ -16,7 +16,7 @@ inputs (X_1, X_2; label) as its own reference against the ground truth; both are
 ROOT/batch_pid_inputs.json).
 
     python launch/info_sweep.py --root=workdirs/info_sweep [--seeds=3] [--methods=cross,cross_self,factorcl:1,comm] \\
-        [--override num_steps=600] [--no-batch_pid]
+        [--override num_steps=600] [--no-batch_pid | --batch_pid_seeds=1]
 
 `METHOD:N` runs N seeds of that method (default `--seeds`).
 
@@ -196,9 +196,10 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
                                "pid": {p: mean_std([r[f"pid_{mix}/label/{p}"] for r in rows]) for p in PID_PARTS}}
                          for mix in SWEEP_MIXES}
         table[method]["tasks"] = {t: mean_std([r[key] for r in rows]) for t, key in TASK_PROBES.items()}
-        if all("batch_pid" in r for r in rows):
+        estimated = [r for r in rows if "batch_pid" in r]
+        if estimated:
             for mix in SWEEP_MIXES:
-                table[method][mix]["batch_pid"] = {p: mean_std([r["batch_pid"][mix]["parts"][p] for r in rows])
+                table[method][mix]["batch_pid"] = {p: mean_std([r["batch_pid"][mix]["parts"][p] for r in estimated])
                                                    for p in PID_PARTS}
     return table
 
@@ -208,7 +209,8 @@ def above_chance(accuracy: float, classes: int) -> float:
     return (accuracy - 1.0 / classes) / (1.0 - 1.0 / classes)
 
 
-def markdown(table, truth, seeds: dict[str, int], steps: str, inputs: dict | None = None) -> str:
+def markdown(table, truth, seeds: dict[str, int], steps: str, inputs: dict | None = None,
+             batch_seeds: int | None = None) -> str:
     methods = list(table)
     lines = [f"Linear probe balanced accuracy (%) of each mix's label on frozen representations, synthetic_info, CPU "
              f"variant ({steps} steps), mean ± std over the seeds in brackets; chance is 100 / classes. Ground truth: "
@@ -237,7 +239,8 @@ def markdown(table, truth, seeds: dict[str, int], steps: str, inputs: dict | Non
     batch = [m for m in methods if "batch_pid" in table[m][SWEEP_MIXES[0]]]
     if batch and inputs:
         lines += ["", "PID of (Z1, Z2; label) in bits by the continuous estimator (`batch_estimator`: learned "
-                  "conditionals, Sinkhorn-coupled q per batch of 256) on the train split's embeddings, mean over seeds, "
+                  "conditionals, Sinkhorn-coupled q per batch of 256) on the train split's embeddings, mean over "
+                  + (f"the first {batch_seeds} seed(s)" if batch_seeds else "seeds") + ", "
                   "R / U1 / U2 / S; `inputs`: the same estimator on (X1, X2; label), its own error against the truth.", "",
                   "| mix | truth | inputs | " + " | ".join(NAMES[m] for m in batch) + " |", "|" + " --- |" * (3 + len(batch))]
         for mix in SWEEP_MIXES:
@@ -311,6 +314,8 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--batch_pid", action=argparse.BooleanOptionalAction, default=True,
                         help="also the continuous estimator's PID of each representation and of the inputs")
+    parser.add_argument("--batch_pid_seeds", type=int, default=None,
+                        help="the continuous estimator on the first N seeds of each method only (default: all)")
     args = parser.parse_args()
 
     started = time.time()
@@ -329,7 +334,7 @@ def main() -> None:
     inputs = None
     if args.batch_pid:
         for method, rows in per_seed.items():
-            for seed, row in enumerate(rows):
+            for seed, row in enumerate(rows[:args.batch_pid_seeds]):
                 row["batch_pid"] = representation_pid(args, method, seed)
         inputs = input_pid(args.root)
     table = summarise(per_seed)
@@ -348,11 +353,12 @@ def main() -> None:
                    for k, v in row.items()} for m, row in table.items()}
     with open(os.path.join(args.root, "table.json"), "w") as f:
         json.dump({"seeds": seeds, "mixes": list(SWEEP_MIXES), "truth": truth, "batch_pid_inputs": inputs,
-                   "batch_settings": BATCH_SETTINGS if args.batch_pid else None, "per_seed": per_seed,
+                   "batch_settings": BATCH_SETTINGS if args.batch_pid else None,
+                   "batch_pid_seeds": args.batch_pid_seeds if args.batch_pid else None, "per_seed": per_seed,
                    "table": summary, "command": " ".join(sys.argv), "commit": commit, "overrides": args.override,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
-    text = markdown(table, truth, seeds, steps, inputs)
+    text = markdown(table, truth, seeds, steps, inputs, args.batch_pid_seeds)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     chart(table, truth, os.path.join(args.root, "table.png"))
