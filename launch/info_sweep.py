@@ -46,6 +46,7 @@ from comm_jax.information import PID_PARTS  # noqa: E402
 from configs.synthetic_info import SWEEP_MIXES  # noqa: E402
 
 NAMES = {"cross": "Cross", "cross_self": "Cross+Self", "factorcl": "FactorCL", "comm": "CoMM"}
+SHORT = {"cross": "Cr", "cross_self": "CS", "factorcl": "FC", "comm": "Co"}     # bar labels of the chart
 # The single-bit tasks and the metric holding each one's probe (the mixes redundant, unique1 and synergy
 # label those very bits).
 TASK_PROBES = {"R": "probe_redundant/label", "U1": "probe_unique1/label", "U2": "probe/U2",
@@ -293,13 +294,13 @@ def chart(table, truth, path: str) -> None:
                       label=part if i == 0 else None, edgecolor="black" if column == "truth" else "none", lw=0.5)
             bottom += values
         for xi in x:
-            right.text(xi, -0.08, "T" if column == "truth" else NAMES[column][:2], ha="center", va="top", fontsize=6)
+            right.text(xi, -0.08, "T" if column == "truth" else SHORT[column], ha="center", va="top", fontsize=6)
     right.set_xticks(np.arange(len(SWEEP_MIXES)), [m.replace("_", "\n") for m in SWEEP_MIXES], fontsize=8)
     right.tick_params(axis="x", pad=14)
     right.set_ylabel("bits")
     estimator = "continuous estimator" if key == "batch_pid" else "k-means codes + BROJA"
     right.set_title(f"PID of (Z1, Z2; label) per method ({estimator}, mean over seeds) beside the truth T of "
-                    "(X1, X2; label)", fontsize=9)
+                    "(X1, X2; label)\n" + ", ".join(f"{SHORT[m]} {NAMES[m]}" for m in methods), fontsize=9)
     right.legend(frameon=False, ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
