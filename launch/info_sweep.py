@@ -289,7 +289,7 @@ def chart(table, truth, path: str) -> None:
         bottom = np.zeros(len(SWEEP_MIXES))
         for part in PID_PARTS:
             values = np.array([truth[mix]["pid"][part] if column == "truth" else table[column][mix][key][part][0]
-                               for mix in SWEEP_MIXES])
+                               for mix in SWEEP_MIXES]).clip(min=0)     # a negative part is an estimation error
             right.bar(x, values, width * 0.95, bottom=bottom, color=part_colours[part],
                       label=part if i == 0 else None, edgecolor="black" if column == "truth" else "none", lw=0.5)
             bottom += values
@@ -300,7 +300,8 @@ def chart(table, truth, path: str) -> None:
     right.set_ylabel("bits")
     estimator = "continuous estimator" if key == "batch_pid" else "k-means codes + BROJA"
     right.set_title(f"PID of (Z1, Z2; label) per method ({estimator}, mean over seeds) beside the truth T of "
-                    "(X1, X2; label)\n" + ", ".join(f"{SHORT[m]} {NAMES[m]}" for m in methods), fontsize=9)
+                    "(X1, X2; label)\n" + ", ".join(f"{SHORT[m]} {NAMES[m]}" for m in methods)
+                    + "; negative estimates drawn as 0", fontsize=9)
     right.legend(frameon=False, ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
