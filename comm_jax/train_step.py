@@ -9,6 +9,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
@@ -64,6 +65,11 @@ def make_critic_update(graphdef, method: Method, mesh: Mesh) -> Callable | None:
     objective = sharded_objective(method, mesh, method.critic_objective)
     critic_tx = optax.masked(method.critic_optimizer(), method.critic_mask)
 
+    def critics_only(updates, params):
+        # optax.masked passes the unmasked leaves' gradients through as updates: zero them, so the
+        # critic loss moves the critics alone (not the projections it also reads).
+        return jax.tree.map(lambda u, critic: u if critic else jnp.zeros_like(u), updates, method.critic_mask(params))
+
     def update(params, frozen, batch_stats, opt_state, views, valid):
         trainable = nnx.merge(graphdef, params, frozen, batch_stats)
         embeddings = jax.lax.stop_gradient(method.embeddings(trainable.model, views, valid))
@@ -75,7 +81,7 @@ def make_critic_update(graphdef, method: Method, mesh: Mesh) -> Callable | None:
             params, critic_state = carry
             (_, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(params)
             updates, critic_state = critic_tx.update(grads, critic_state, params)
-            return (optax.apply_updates(params, updates), critic_state), metrics
+            return (optax.apply_updates(params, critics_only(updates, params)), critic_state), metrics
 
         (params, critic_state), metrics = jax.lax.scan(
             one_step, (params, opt_state.inner_states["critic"]), None, length=steps)

@@ -10,6 +10,9 @@ get_config(arg) tokens (comma-separated):
                (default), synergy_noisy)
   remove=B     strong views resample latent block B of both modalities (`shared` or `unique`, strength 1):
                the controlled augmentation that makes B view-specific noise (default: none)
+  sweep=true   also probe, and decompose, the label of every noise-free mix (`SWEEP_MIXES`): the vectors
+               are the same in every such mix and pretraining reads no label, so one pretraining serves
+               them all (metrics `probe_<mix>/label`, `pid_<mix>/label/{R,U1,U2,S}`; plus `probe/U2`)
 
 Each modality goes through an MLP encoder (100 -> 256 -> 256 -> latent); CoMM fuses the two
 encodings as one token each. Views are drawn in tf.data: Gaussian noise and random entry drops, as
@@ -26,6 +29,9 @@ from configs import common
 
 MIXES = ("redundant", "unique1", "unique2", "synergy", "redundant_unique1", "unique1_synergy", "redundant_synergy",
          "redundant_unique1_synergy", "synergy_noisy")
+# The mixes whose vectors are identical (no nuisance noise): only their `label` differs.
+SWEEP_MIXES = ("redundant", "redundant_unique1", "unique1", "unique1_synergy", "synergy", "redundant_synergy",
+               "redundant_unique1_synergy")
 REMOVABLE = ("none", "shared", "unique")
 MODALITIES = ("x1", "x2")
 TRAIN_EXAMPLES = 10_000
@@ -42,7 +48,7 @@ def _view_ops(remove: str) -> dict[str, dict[str, str]]:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    tokens = common.parse_arg(arg, known=("cpu", "loss", "mix", "remove"))
+    tokens = common.parse_arg(arg, known=("cpu", "loss", "mix", "remove", "sweep"))
     cpu = common.as_bool(tokens.get("cpu", "false"), "cpu")
     mix = tokens.get("mix", "redundant_unique1_synergy")
     if mix not in MIXES:
@@ -98,4 +104,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "probe": {"type": "linear_probe"},
         "pid": {"type": "pid"},
     }
+    if common.as_bool(tokens.get("sweep", "false"), "sweep"):
+        # The mixes' labels include the redundant, unique1 and synergy tasks themselves: the default
+        # probe keeps U2 only, and the PIDs are those of each mix's label (no fused ones), to keep the
+        # evaluation of a 2-core CPU run within minutes.
+        c.evals.datasets = {m: f"synthetic_info/{m}" for m in SWEEP_MIXES}
+        c.evals.evaluators = {"probe": {"type": "linear_probe", "tasks": ("U2",)}}
+        for m in SWEEP_MIXES:
+            c.evals.evaluators[f"probe_{m}"] = {"type": "linear_probe", "dataset": m, "tasks": ("label",)}
+            c.evals.evaluators[f"pid_{m}"] = {"type": "pid", "dataset": m, "tasks": ("label",), "fused": False}
     return c

@@ -188,7 +188,13 @@ def test_critic_updates_follow_adam_on_the_critic_loss_alone():
         grads = jax.grad(lambda p: objective(embeddings, method.scalars(
             nnx.merge(built.graphdef, p, built.state.batch_stats).extra))[0])(params)
         updates, opt = tx.update(grads, opt, params)
+        # optax.masked passes the other leaves' gradients through: those must not move.
+        updates = jax.tree.map(lambda u, c: u if c else jnp.zeros_like(u), updates, method.critic_mask(params))
         params = optax.apply_updates(params, updates)
+    moved = [jax.tree_util.keystr(path) for (path, a), b, critic in zip(
+        jax.tree_util.tree_leaves_with_path(start), jax.tree.leaves(state.params), jax.tree.leaves(method.critic_mask(start)))
+        if not critic and not np.allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)]
+    assert moved == [], moved
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(state.params)):
         name = jax.tree_util.keystr(path)
         if "['critics']" in name and "[2]['bias']" in name:
