@@ -99,3 +99,13 @@ def test_finished_only_tables_what_is_evaluated_and_runs_nothing(driver, tmp_pat
     assert set(table) == {"comm", "cross"}                       # cross_self has no finished run
     assert "synergy" in table["comm"] and "synergy" not in table["cross"]
     assert table["cross"]["texture_1"]["mean"] == pytest.approx(0.6)
+
+
+def test_best_score_per_shift_is_the_highest_mean_auroc_on_z(driver):
+    per_seed = {"comm": [{"ood/blank_1/knn/z/auroc": 0.9, "ood/blank_1/msp/z/auroc": 0.2,
+                          "ood/blank_1/msp/z_image_1/auroc": 1.0, "ood/failure/msp/z/auroc": 0.99},
+                         {"ood/blank_1/knn/z/auroc": 0.7, "ood/blank_1/msp/z/auroc": 0.95,
+                          "ood/blank_1/msp/z_image_1/auroc": 1.0, "ood/failure/msp/z/auroc": 0.99}]}
+    best = driver.best_scores(per_seed)
+    assert best == {"comm": {"blank_1": ("knn", pytest.approx(0.8))}}     # 0.8 > (0.2 + 0.95) / 2
+    assert "| CoMM | 0.800 (knn) |" in driver.best_markdown(best)
