@@ -179,14 +179,15 @@ def test_critic_updates_follow_adam_on_the_critic_loss_alone():
     batch = put_batch(views(1), mesh)
     start = jax.tree.map(jnp.copy, built.state.params)
     state, _ = built.step(jax.tree.map(jnp.copy, built.state), batch)
-    trainable = nnx.merge(built.graphdef, start, built.state.batch_stats)
-    embeddings = method.embeddings(trainable.model, batch["views"], None)
+    embeddings = jax.jit(lambda p, v: method.embeddings(
+        nnx.merge(built.graphdef, p, built.state.batch_stats).model, v, None))(start, batch["views"])
     objective = sharded_objective(method, mesh, method.critic_objective)
     tx = optax.masked(optax.adam(1e-2), method.critic_mask)
     params, opt = start, tx.init(start)
+    critic_grad = jax.jit(jax.grad(lambda p: objective(embeddings, method.scalars(
+        nnx.merge(built.graphdef, p, built.state.batch_stats).extra))[0]))
     for _ in range(cfg.loss.critic_steps):
-        grads = jax.grad(lambda p: objective(embeddings, method.scalars(
-            nnx.merge(built.graphdef, p, built.state.batch_stats).extra))[0])(params)
+        grads = critic_grad(params)
         updates, opt = tx.update(grads, opt, params)
         # optax.masked passes the other leaves' gradients through: those must not move.
         updates = jax.tree.map(lambda u, c: u if c else jnp.zeros_like(u), updates, method.critic_mask(params))
