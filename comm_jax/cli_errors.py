@@ -184,10 +184,11 @@ class _StderrFilter:
             if block:
                 block.append(line)
                 if not line.startswith((b" ", b"\t", b"Traceback")):     # the exception line ends it
-                    if line.strip() != self.NOISE:
+                    if self.NOISE not in line:
                         os.write(self.saved, b"".join(block))
                     block = []
-            elif line.startswith(b"Traceback (most recent call last):"):
+            elif line.startswith((b" ", b"\t")) or b"Traceback (most recent call last):" in line:
+                # a traceback, or the tail of one whose lines another thread's interleaved with
                 block = [line]
             elif not any(pattern.match(line) for pattern in self.STARTUP):
                 os.write(self.saved, line)
