@@ -1,12 +1,21 @@
 """Test setup: 8 fake CPU devices for sharding tests, set before JAX initialises."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
 
+
+# One persistent XLA compilation cache per test run, made by the controller before it starts the xdist
+# workers, which inherit it like every subprocess the tests start: programs compiled once, e.g. the same
+# tiny training step in a run and in its resumed run, are read back instead of compiled again.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(prefix="comm_jax_xla_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -21,3 +30,10 @@ def tfds_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     tfds.builder("bimodal_trifeatures/32px", data_dir=data_dir).download_and_prepare()
     return data_dir
+
+
+def pytest_sessionfinish(session):
+    """The process that made the compilation cache removes it at the end of the run."""
+    own = globals().get("_OWN_CACHE")
+    if own and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(own, ignore_errors=True)
