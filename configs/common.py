@@ -71,3 +71,19 @@ def base_config() -> ml_collections.ConfigDict:
                     "retrieval": {"type": "retrieval"}}))
     c.evals.probe_data = config_dict.placeholder(str)   # TFDS name of the `default` dataset (None: data.name)
     return c
+
+
+def model_for(method: str, width: int, cpu: bool, towers_head_hidden: int) -> ml_collections.ConfigDict:
+    """The model of `method` over encoders of output `width`: the fusion transformer for a fusion method, two
+    towers with a linear projection for cross, and two towers with an MLP head (hidden width `towers_head_hidden`
+    in the full variant, 128 at cpu) for the others."""
+    if methods.get(method).architecture == "fusion":
+        return ml_collections.ConfigDict(dict(architecture="fusion", width=width, depth=1, heads=4 if cpu else 8,
+                                              mlp_ratio=4, head_hidden=128 if cpu else 512,
+                                              head_out=64 if cpu else 256))
+    if method == "cross":
+        return ml_collections.ConfigDict(dict(architecture="towers", latent=width, projection="linear",
+                                              head_out=width, representation="projected"))
+    return ml_collections.ConfigDict(dict(architecture="towers", latent=width, projection="mlp",
+                                          head_hidden=128 if cpu else towers_head_hidden, head_out=64 if cpu else 256,
+                                          representation="pooled"))

@@ -89,19 +89,6 @@ def token_shapes(tokens: dict[str, str]) -> dict[str, tuple[int, int]]:
             "text": (int(tokens.get("text_tokens", DEFAULT_TOKENS["text"][0])), width)}
 
 
-def _model(method: str, width: int, cpu: bool) -> ml_collections.ConfigDict:
-    if methods.get(method).architecture == "fusion":
-        return ml_collections.ConfigDict(dict(architecture="fusion", width=width, depth=1, heads=4 if cpu else 8,
-                                              mlp_ratio=4, head_hidden=128 if cpu else 512,
-                                              head_out=64 if cpu else 256))
-    if method == "cross":
-        return ml_collections.ConfigDict(dict(architecture="towers", latent=width, projection="linear",
-                                              head_out=width, representation="projected"))
-    return ml_collections.ConfigDict(dict(architecture="towers", latent=width, projection="mlp",
-                                          head_hidden=128 if cpu else 512, head_out=64 if cpu else 256,
-                                          representation="pooled"))
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tokens = common.parse_arg(arg, known=("cpu", "loss", "features", "clip", "source", "image_tokens",
                                           "text_tokens", "width"))
@@ -132,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ckpt_every = 150 if cpu else 10 * epoch
 
     width = 128 if cpu else 768
-    c.model = _model(c.loss.name, width, cpu)
+    c.model = common.model_for(c.loss.name, width, cpu, towers_head_hidden=512)
     c.model.modalities = MODALITIES
     fusion = method.architecture == "fusion"
     adapters = {m: {"adapter": "identity" if shapes[m][1] == width else "linear"} if fusion else {}

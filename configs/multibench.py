@@ -110,19 +110,6 @@ def _encoders(dataset: str, modalities: tuple[str, ...], width: int, cpu: bool, 
     return specs
 
 
-def _model(method: str, width: int, cpu: bool) -> ml_collections.ConfigDict:
-    if methods.get(method).architecture == "fusion":
-        return ml_collections.ConfigDict(dict(architecture="fusion", width=width, depth=1, heads=4 if cpu else 8,
-                                              mlp_ratio=4, head_hidden=128 if cpu else 512,
-                                              head_out=64 if cpu else 256))
-    if method == "cross":
-        return ml_collections.ConfigDict(dict(architecture="towers", latent=width, projection="linear",
-                                              head_out=width, representation="projected"))
-    return ml_collections.ConfigDict(dict(architecture="towers", latent=width, projection="mlp",
-                                          head_hidden=128 if cpu else 1024, head_out=64 if cpu else 256,
-                                          representation="pooled"))
-
-
 def _strong_ops(modality: str) -> str:
     if modality == "image":
         return recipes.simclr_image_ops(IMAGE_SIZE)
@@ -153,7 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ckpt_every = 150 if cpu else 2000
 
     width = {"affect": 40, "mimic": 64 if cpu else 512, "vision_touch": 64 if cpu else 512}[_family(dataset)]
-    c.model = _model(c.loss.name, width, cpu)
+    c.model = common.model_for(c.loss.name, width, cpu, towers_head_hidden=1024)
     c.model.modalities = modalities
     c.model.encoders = _encoders(dataset, modalities, width, cpu, method.architecture == "fusion")
     c.model.precision = c.get_ref("precision")

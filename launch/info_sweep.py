@@ -7,7 +7,7 @@ evaluate the final checkpoint on the label of every noise-free mix (`SWEEP_MIXES
 codes, exact BROJA), beside the label's ground-truth PID of (X_1, X_2; label) from the generator. The
 vectors are the same in every noise-free mix and pretraining reads no label, so one pretraining per
 method and seed serves every mix. Runs are reused when their work directory has results, with the
-checks of launch/trifeatures_table.py (a finished run trained with another config stops the driver).
+checks of launch/runs.py (a finished run trained with another config stops the driver).
 
 With `--batch_pid` (default) the PID of (Z_1, Z_2; label) is also estimated by the continuous estimator
 (`comm_jax.information.batch_estimator`) on the train split's frozen embeddings (`comm_jax.export
@@ -41,7 +41,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import trifeatures_table as runs  # noqa: E402  (run, final_metrics, check_same_run, ROOT on sys.path)
+import runs  # noqa: E402  (puts ROOT on sys.path)
 from comm_jax.information import PID_PARTS  # noqa: E402
 from configs.synthetic_info import SWEEP_MIXES  # noqa: E402
 
@@ -85,27 +85,8 @@ def pretrain_and_evaluate(args, method: str, seed: int) -> dict[str, float]:
     """The final checkpoint's sweep metrics of one pretraining, training and evaluating it when needed."""
     config = config_arg(method)
     workdir = os.path.join(args.root, f"{method}-seed{seed}")
-    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
-    if args.data_dir:
-        overrides.append(f"--config.data.data_dir={args.data_dir}")
-    final = runs.completed_step(workdir)
-    if final is not None:
-        runs.check_same_run(workdir, final, config, overrides)
-    row = runs.final_metrics(workdir)
     keys = needed()
-    if row is None or any(k not in row for k in keys):
-        again = []
-        if row is None:
-            runs.run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
-        else:
-            again = ["--again"]
-        final = runs.completed_step(workdir)
-        runs.run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}",
-                  f"--step={final}", *again, *overrides])
-        row = runs.final_metrics(workdir)
-        missing = [k for k in keys if k not in (row or {})]
-        if missing:
-            raise SystemExit(f"{workdir}: the evaluation of step {final} lacks {missing} (see its eval log)")
+    row = runs.evaluated_run(workdir, config, runs.seed_overrides(args, seed), keys)
     return {k: row[k] for k in keys}
 
 
@@ -312,8 +293,7 @@ def main() -> None:
     parser.add_argument("--root", default="workdirs/info_sweep")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default="cross,cross_self,factorcl,comm", help="METHOD[:SEEDS],...")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    runs.add_override_flags(parser)
     parser.add_argument("--batch_pid", action=argparse.BooleanOptionalAction, default=True,
                         help="also the continuous estimator's PID of each representation and of the inputs")
     parser.add_argument("--batch_pid_seeds", type=int, default=None,

@@ -20,23 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runs  # noqa: E402  (puts ROOT on sys.path)
+
 METHODS = {"comm": "CoMM", "cross": "Cross (trained on the features)", "cross_self": "Cross+Self", "cmc": "CMC"}
 METRICS = (("weighted-F1", "probe/genres/f1_weighted"), ("macro-F1", "probe/genres/f1_macro"))
 # The paper's MM-IMDb table (linear probe on frozen CLIP features, %).
 PAPER = {"CLIP V+L": {"weighted-F1": 58.9, "macro-F1": 50.9}, "CoMM": {"weighted-F1": 61.5, "macro-F1": 54.6}}
-
-
-def last_evaluation(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "metrics", "eval.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return max(rows, key=lambda row: row["step"]) if rows else None
 
 
 def pretrain_and_probe(args, method: str) -> dict[str, float] | None:
@@ -45,14 +37,11 @@ def pretrain_and_probe(args, method: str) -> dict[str, float] | None:
     arg = f"features={os.path.abspath(args.features)},loss={method}" + (",cpu" if args.variant == "cpu" else "")
     flags = [f"--config=configs/mmimdb.py:{arg}", f"--workdir={workdir}"]
     flags += [f"--config.{override}" for override in args.override]
-    row = last_evaluation(workdir)
+    row = runs.last_evaluation(workdir)
     if row is None or METRICS[0][1] not in row:
-        for program in ("comm_jax.train", "comm_jax.evaluate"):
-            command = [sys.executable, "-m", program, *flags]
-            print("+", " ".join(command), flush=True)
-            if subprocess.run(command, cwd=ROOT).returncode:
-                return None
-        row = last_evaluation(workdir)
+        if not runs.train_and_evaluate(flags):
+            return None
+        row = runs.last_evaluation(workdir)
     if row is None or METRICS[0][1] not in row:
         return None
     return {title: 100.0 * row[key] for title, key in METRICS}

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runs  # noqa: E402  (puts ROOT on sys.path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +68,6 @@ def config_arg(column: Column, method: str, variant: str) -> str:
     return arg + (",cpu" if variant == "cpu" else "")
 
 
-def last_evaluation(workdir: str) -> dict | None:
-    """The evaluation row of the highest step in `workdir`, or None."""
-    path = os.path.join(workdir, "metrics", "eval.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return max(rows, key=lambda row: row["step"]) if rows else None
-
-
 def pretrain_and_probe(args, column: Column, method: str) -> float | None:
     """The column's metric of `method` in the table's unit, training and evaluating when needed."""
     workdir = os.path.join(args.root, f"{column.dataset}_{column.modalities}mod_{method}")
@@ -86,14 +75,11 @@ def pretrain_and_probe(args, column: Column, method: str) -> float | None:
              f"--config.data.manual_dir={args.manual_dir}"]
     flags += [f"--config.data.data_dir={args.data_dir}"] if args.data_dir else []
     flags += [f"--config.{override}" for override in args.override]
-    row = last_evaluation(workdir)
+    row = runs.last_evaluation(workdir)
     if row is None or column.metric not in row:
-        for program in ("comm_jax.train", "comm_jax.evaluate"):
-            command = [sys.executable, "-m", program, *flags]
-            print("+", " ".join(command), flush=True)
-            if subprocess.run(command, cwd=ROOT).returncode:
-                return None
-        row = last_evaluation(workdir)
+        if not runs.train_and_evaluate(flags):
+            return None
+        row = runs.last_evaluation(workdir)
     return None if row is None or column.metric not in row else row[column.metric] * column.scale
 
 

@@ -6,7 +6,7 @@ the texture->colour mapping M for the synergy shift), evaluate the final checkpo
 evaluator, and write the AUROC of one score (`--score`, default knn) per shift kind on the fused Z
 (`z`), on image 1's and image 2's own Z for the shifts of image 1 (which modality the score blames),
 and failure prediction on the ID test split. Runs are reused when their work directory has results
-(the same checks as launch/trifeatures_table.py).
+(the same checks as launch/trifeatures_table.py, in launch/runs.py).
 
     python launch/ood_table.py --root=workdirs/ood_table [--res=64] [--crop=0.5] [--seeds=1] [--methods=comm,cross,cross_self] \\
         [--score=knn] [--override num_steps=1500]
@@ -29,7 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import trifeatures_table as runs  # noqa: E402  (run, final_metrics, check_same_run, ROOT on sys.path)
+import runs  # noqa: E402  (puts ROOT on sys.path)
 from configs.trifeatures import BIASED_SHIFTS, UNBIASED_SHIFTS  # noqa: E402
 
 NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Self"}
@@ -50,30 +50,10 @@ def pretrain_and_score(args, method: str, seed: int, biased: bool) -> dict[str, 
     """The final checkpoint's `ood/` metrics of one pretraining, training and evaluating it when needed."""
     config = config_arg(args.res, method, biased, args.crop)
     workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
-    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
-    if args.data_dir:
-        overrides.append(f"--config.data.data_dir={args.data_dir}")
-    final = runs.completed_step(workdir)
-    if final is not None:
-        runs.check_same_run(workdir, final, config, overrides)
-    row = runs.final_metrics(workdir)
-    keys = needed(args.score, biased)
-    if getattr(args, "finished_only", False):     # the table of what is done: nothing trained or evaluated
-        return {k: v for k, v in (row or {}).items() if k.startswith("ood/")}
-    if row is None or any(k not in row for k in keys):
-        again = []
-        if row is None:
-            runs.run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
-        else:
-            again = ["--again"]
-        final = runs.completed_step(workdir)
-        runs.run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}",
-                  f"--step={final}", *again, *overrides])
-        row = runs.final_metrics(workdir)
-        missing = [k for k in keys if k not in (row or {})]
-        if missing:
-            raise SystemExit(f"{workdir}: the evaluation of step {final} lacks {missing} (see its eval log)")
-    return {k: v for k, v in row.items() if k.startswith("ood/")}
+    # With --finished_only, the table of what is done: nothing trained or evaluated.
+    row = runs.evaluated_run(workdir, config, runs.seed_overrides(args, seed), needed(args.score, biased),
+                             train=not getattr(args, "finished_only", False))
+    return {k: v for k, v in (row or {}).items() if k.startswith("ood/")}
 
 
 def columns(score: str) -> list[tuple[str, str]]:
@@ -171,8 +151,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--methods", default="comm,cross,cross_self")
     parser.add_argument("--score", default="knn", help="the score of the table (every score is kept in the JSON)")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    runs.add_override_flags(parser)
     parser.add_argument("--finished_only", action="store_true",
                         help="write the table of the runs already evaluated (a column only where every seed has it); "
                              "train and evaluate nothing")

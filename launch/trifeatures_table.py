@@ -45,29 +45,14 @@ TARGETS = {
     "cross_self": (("R", ">=", 95.0),),
 }
 NAMES = {"comm": "CoMM", "cross": "Cross (CLIP-style)", "cross_self": "Cross+Self", "factorcl": "FactorCL"}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from comm_jax.checkpoints import CheckpointStore, completed_step, first_difference_in  # noqa: E402
-
-
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import runs  # noqa: E402  (puts ROOT on sys.path)
 
 
 TASKS = ("R", "U", "S", "S_bal")
 # The metrics each pretraining must have: unbiased runs give R and U, biased runs S and S_bal.
 NEEDED = {False: ("probe/R", "probe/U1", "probe/U2"), True: ("probe/S", "probe_bal/S")}
-
-
-def final_metrics(workdir: str) -> dict[str, float] | None:
-    """The last evaluation row of the final checkpoint, or None when training or its evaluation is not done."""
-    final = completed_step(workdir)
-    path = os.path.join(workdir, "metrics", "eval.jsonl")
-    if final is None or not os.path.exists(path):
-        return None
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return next((r for r in reversed(rows) if r["step"] == final), None)
 
 
 def config_arg(variant: str, res: int | None, method: str, biased: bool, crop: float | None = None) -> str:
@@ -77,75 +62,10 @@ def config_arg(variant: str, res: int | None, method: str, biased: bool, crop: f
     return "configs/trifeatures.py:" + ",".join(filter(None, tokens))
 
 
-# The parts of a run's config that make its result this table's: what it trained on, what and how long.
-SAME_RUN = ("data", "model", "loss", "optimizer", "precision", "batch_size", "num_steps", "seed")
-
-
-def training_config(config: str, overrides: list[str]) -> dict:
-    """The config, as JSON, that `comm_jax.train --config=CONFIG *OVERRIDES` builds (the same flag parser)."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = ["trifeatures_table", f"--config={os.path.join(ROOT, config)}", *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "experiment config", flag_values=values, sys_argv=argv)
-    values(argv)
-    return json.loads(values.config.to_json())
-
-
-def value_at(tree, path: str):
-    """The value at a dotted path as `first_difference_in` names it (`data.views.view1.image_1`, `mesh[0]`)."""
-    for part in path.replace("[", ".[").split("."):
-        if tree is None:
-            return None
-        tree = tree[int(part[1:-1])] if part.startswith("[") else tree.get(part)
-    return tree
-
-
-def check_same_run(workdir: str, final: int, config: str, overrides: list[str]) -> None:
-    """Stop when the run in `workdir`, finished at step `final`, was trained with another config than this call's."""
-    try:
-        store = CheckpointStore(workdir, read_only=True)
-    except FileNotFoundError:   # evaluated earlier and its checkpoints removed since: nothing to compare
-        print(f"warning: {workdir} has no checkpoints; its config cannot be checked", flush=True)
-        return
-    try:
-        saved = store.restore_config(final)
-    finally:
-        store.close()
-    current = training_config(config, overrides)
-    found = first_difference_in(saved, current, SAME_RUN)
-    if found is not None:
-        raise SystemExit(
-            f"{workdir}: its run was trained with {found} = {value_at(saved, found)!r}, this table asks for "
-            f"{value_at(current, found)!r}; give this table another --root (work directories are named by "
-            f"method, seed and bias only)")
-
-
 def pretrain_and_probe(args, method: str, seed: int, biased: bool) -> dict[str, float]:
     config = config_arg(args.variant, args.res, method, biased, args.crop)
     workdir = os.path.join(args.root, f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}")
-    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
-    if args.data_dir:
-        overrides.append(f"--config.data.data_dir={args.data_dir}")
-    final = completed_step(workdir)
-    if final is not None:   # an unfinished run is checked by the trainer when it resumes
-        check_same_run(workdir, final, config, overrides)
-    row = final_metrics(workdir)
-    if row is None or any(k not in row for k in NEEDED[biased]):
-        again = []
-        if row is None:     # train (resuming if interrupted), then evaluate the final checkpoint only
-            run([sys.executable, "-m", "comm_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides])
-        else:               # evaluated before an evaluator of the table existed
-            again = ["--again"]
-        final = completed_step(workdir)
-        run([sys.executable, "-m", "comm_jax.evaluate", f"--config={config}", f"--workdir={workdir}",
-             f"--step={final}", *again, *overrides])
-        row = final_metrics(workdir)
-        missing = [k for k in NEEDED[biased] if k not in (row or {})]
-        if missing:
-            raise SystemExit(f"{workdir}: the evaluation of step {final} lacks {missing} (see its eval log)")
-    return row
+    return runs.evaluated_run(workdir, config, runs.seed_overrides(args, seed), NEEDED[biased])
 
 
 def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -218,8 +138,7 @@ def main() -> None:
                         help="smallest crop area of the SimCLR views (config token crop=; default: the config's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default="comm,cross,cross_self")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--override", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    runs.add_override_flags(parser)
     parser.add_argument("--include", action="append", default=[],
                         help="a table.json of the same setting whose per-seed rows of other methods join the table "
                              "(e.g. runs trained on another machine); repeatable")
@@ -249,7 +168,7 @@ def main() -> None:
     table = summarise(results)
     checks = target_checks(table)
     os.makedirs(args.root, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runs.ROOT, capture_output=True,
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
         json.dump({"variant": args.variant, "res": args.res, "crop": args.crop,

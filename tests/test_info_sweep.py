@@ -3,7 +3,6 @@ needs of each mix, the runs it reuses or evaluates again, the ground truth and t
 with a fake trainer and evaluator that write the files the real ones write; and the config it relies on
 (every sweep mix has the same vectors, only its label differs)."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,16 +13,12 @@ import pytest
 from comm_jax.checkpoints import mark_complete
 from configs import synthetic_info as config
 from input_pipeline import synthetic_info
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.launch_fakes import fake_runner, load_driver
 
 
 @pytest.fixture
 def driver():
-    spec = importlib.util.spec_from_file_location("info_sweep", os.path.join(ROOT, "launch", "info_sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_driver("info_sweep")
 
 
 def test_sweep_mixes_share_their_vectors():
@@ -57,22 +52,7 @@ def fake_metrics(method: str, seed: int) -> dict[str, float]:
 
 
 def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run(cmd):
-        calls.append(cmd)
-        flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
-        workdir = flags["--workdir"]
-        method = flags["--config"].split("loss=")[1].split(",")[0]
-        if cmd[2] == "comm_jax.train":
-            os.makedirs(workdir, exist_ok=True)
-            mark_complete(workdir, 30)
-        else:
-            os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
-            with open(os.path.join(workdir, "metrics", "eval.jsonl"), "a") as f:
-                f.write(json.dumps({"step": int(flags["--step"]),
-                                    **fake_metrics(method, int(flags["--config.seed"]))}) + "\n")
-
+    fake_run, calls = fake_runner(lambda method, seed, biased: fake_metrics(method, seed))
     monkeypatch.setattr(driver.runs, "run", fake_run)
     monkeypatch.setattr(driver.runs, "check_same_run", lambda *a: None)   # fake runs have no checkpoints
     monkeypatch.setattr(driver, "chart", lambda table, truth, path: open(path, "w").close())

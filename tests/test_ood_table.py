@@ -2,25 +2,19 @@
 reuses, and the table it writes, checked with a fake trainer and evaluator that write the files the
 real ones write (the real evaluator is run on a tiny run in test_ood_evaluator.py)."""
 
-import importlib.util
 import json
-import os
 import sys
 
 import pytest
 
 from comm_jax.checkpoints import mark_complete
 from configs import trifeatures
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.launch_fakes import fake_runner, load_driver
 
 
 @pytest.fixture
 def driver():
-    spec = importlib.util.spec_from_file_location("ood_table", os.path.join(ROOT, "launch", "ood_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_driver("ood_table")
 
 
 def fake_metrics(method: str, seed: int, biased: bool) -> dict[str, float]:
@@ -32,22 +26,7 @@ def fake_metrics(method: str, seed: int, biased: bool) -> dict[str, float]:
 
 
 def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run(cmd):
-        calls.append(cmd)
-        flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
-        workdir, config = flags["--workdir"], flags["--config"]
-        method, biased = config.split("loss=")[1].split(",")[0], "bias=true" in config
-        if cmd[2] == "comm_jax.train":
-            os.makedirs(workdir, exist_ok=True)
-            mark_complete(workdir, 30)
-        else:
-            os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
-            with open(os.path.join(workdir, "metrics", "eval.jsonl"), "a") as f:
-                f.write(json.dumps({"step": int(flags["--step"]),
-                                    **fake_metrics(method, int(flags["--config.seed"]), biased)}) + "\n")
-
+    fake_run, calls = fake_runner(fake_metrics)
     monkeypatch.setattr(driver.runs, "run", fake_run)
     monkeypatch.setattr(driver.runs, "check_same_run", lambda *a: None)   # fake runs have no checkpoints
     monkeypatch.setattr(driver, "bar_chart", lambda table, score, path: open(path, "w").close())

@@ -2,7 +2,6 @@
 pretraining, the runs it skips or re-evaluates, and the table it writes, checked with a fake trainer
 and evaluator that write the files the real ones write."""
 
-import importlib.util
 import json
 import os
 import re
@@ -14,16 +13,12 @@ import pytest
 from comm_jax.checkpoints import COMPLETION_MARKER, CheckpointStore
 from comm_jax.models import build_model
 from configs import trifeatures
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.launch_fakes import fake_runner, load_driver
 
 
 @pytest.fixture(scope="module")
 def driver():
-    spec = importlib.util.spec_from_file_location("trifeatures_table", os.path.join(ROOT, "launch", "trifeatures_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_driver("trifeatures_table")
 
 
 @pytest.mark.parametrize("variant,res,biased,size,dataset", [
@@ -104,24 +99,12 @@ def finish_fake_run(workdir, tokens, seed, steps):
 
 
 def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
-    calls = []
+    def finish(workdir, flags):
+        finish_fake_run(workdir, flags["--config"].split(":", 1)[1], int(flags["--config.seed"]),
+                        int(flags["--config.num_steps"]))
 
-    def fake_run(cmd):
-        calls.append(cmd)
-        flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
-        workdir = flags["--workdir"]
-        method = flags["--config"].split("loss=")[1].split(",")[0]
-        seed, biased = int(flags["--config.seed"]), "bias=true" in flags["--config"]
-        if cmd[2] == "comm_jax.train":
-            os.makedirs(workdir, exist_ok=True)
-            finish_fake_run(workdir, flags["--config"].split(":", 1)[1], seed, int(flags["--config.num_steps"]))
-        else:
-            row = {"step": int(flags["--step"]), **metrics_for(method, seed, biased)}
-            os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
-            with open(os.path.join(workdir, "metrics", "eval.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    monkeypatch.setattr(driver, "run", fake_run)
+    fake_run, calls = fake_runner(metrics_for, finish)
+    monkeypatch.setattr(driver.runs, "run", fake_run)
     monkeypatch.setattr(driver, "bar_chart", lambda table, path: open(path, "w").close())
     # One run finished and evaluated before `probe_bal` existed: it must be evaluated again, not retrained.
     old = tmp_path / "comm-seed1-biased"

@@ -1,21 +1,16 @@
 """The watcher-overhead benchmark's arithmetic (launch/watcher_overhead.py): the training speed read from a
 train.jsonl, and the slowdown of each watcher variant against training alone, on hand-made rows."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.launch_fakes import load_driver
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("watcher_overhead", os.path.join(ROOT, "launch", "watcher_overhead.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_driver("watcher_overhead")
 
 
 def test_training_speed_skips_the_first_interval_and_weights_by_steps(bench, tmp_path):
