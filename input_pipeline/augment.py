@@ -7,7 +7,9 @@ always gives the same output and a training run is reproducible and resumable.
 
 Image ops take ``[H, W, C]`` uint8 (0..255) or float (0..1) images and return float32; text
 ops take int token ids ``[T]``; tabular / time-series ops take float ``[T]`` or ``[T, F]`` and act
-along the first axis (rows / time steps).
+along the first axis (rows / time steps). An op marked by :func:`reads_features` also sees other
+features of its example (e.g. the attribute labels a controlled augmentation re-renders from): it is
+called ``op(x, seed, features)``, and the pipelines load and pass the features it names.
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ def register(name: str) -> Callable[[OpFactory], OpFactory]:
     return decorator
 
 
+def reads_features(op: Callable[[tf.Tensor, tf.Tensor, dict[str, tf.Tensor]], tf.Tensor],
+                   keys: Sequence[str]) -> AugmentOp:
+    """Marks `op` as called ``op(x, seed, features)`` with ``features`` {key: tensor} of the example's
+    features `keys` (scalars for labels); its ``reads`` attribute names them."""
+    op.reads = tuple(keys)
+    return op
+
+
+def feature_keys(op: AugmentOp) -> tuple[str, ...]:
+    """The example features `op` (one op or a composition from :func:`parse`) reads; () for most ops."""
+    return getattr(op, "reads", ())
+
+
 def registered_ops() -> list[str]:
     """Names of all registered ops, sorted."""
     return sorted(_REGISTRY)
@@ -54,17 +69,27 @@ def parse_one(spec: str) -> AugmentOp:
 
 
 def parse(spec: str) -> AugmentOp:
-    """Composes ``op1|op2|...`` into one ``(x, seed) -> x``; op i gets ``fold_in(seed, i)``.
+    """Composes ``op1|op2|...`` into one ``(x, seed, features=None) -> x``; op i gets ``fold_in(seed, i)``.
 
-    An empty spec is the identity.
+    An empty spec is the identity. ``features`` {key: tensor} must hold the keys of
+    ``feature_keys(composed)`` (those the ops marked by `reads_features` read).
     """
     ops = [parse_one(piece) for piece in spec.split("|") if piece.strip()]
 
-    def composed(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    def composed(x: tf.Tensor, seed: tf.Tensor, features: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
         for position, op in enumerate(ops):
-            x = op(x, tf.random.experimental.stateless_fold_in(seed, position))
+            op_seed = tf.random.experimental.stateless_fold_in(seed, position)
+            keys = feature_keys(op)
+            if not keys:
+                x = op(x, op_seed)
+                continue
+            missing = sorted(set(keys) - set(features or {}))
+            if missing:
+                raise ValueError(f"op {position} of {spec!r} reads example features {missing}, which were not passed")
+            x = op(x, op_seed, {key: features[key] for key in keys})
         return x
 
+    composed.reads = tuple(sorted({key for op in ops for key in feature_keys(op)}))
     return composed
 
 

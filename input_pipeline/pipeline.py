@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -228,6 +228,11 @@ def _finish(x: tf.Tensor) -> tf.Tensor:
     return augment.to_unit_float(x) if x.dtype == tf.uint8 else x
 
 
+def _feature_keys(ops: Iterable[augment.AugmentOp]) -> list[str]:
+    """The example features the ops read besides their own input (`augment.reads_features`), sorted."""
+    return sorted({key for op in ops for key in augment.feature_keys(op)})
+
+
 def _per_modality(data_cfg, key: str, modalities: Mapping[str, str]) -> dict[str, Any]:
     entries = dict(data_cfg.get(key, None) or {})
     unknown = sorted(set(entries) - set(modalities))
@@ -334,7 +339,17 @@ def make_train_iterator(data_cfg, spec: BatchSpec, *, batch_size: int, seed: int
     modalities = _modalities(data_cfg)
     if sorted(modalities) != sorted(spec.modalities):
         raise ValueError(f"data.modalities {sorted(modalities)} differ from the model's {sorted(spec.modalities)}")
-    loaded = _load_for(data_cfg, data_cfg.get("train_split", "train"), sorted(set(modalities.values())))
+    view_ops = {}
+    if not spec.on_device:
+        for view, specs in spec.views.items():
+            for modality, op_spec in specs.items():
+                try:
+                    view_ops[view, modality] = augment.parse(op_spec)
+                except ValueError as error:
+                    raise ValueError(f"config.data.views.{view}.{modality}: {error}") from None
+    read_by_ops = _feature_keys(view_ops.values())
+    loaded = _load_for(data_cfg, data_cfg.get("train_split", "train"),
+                       sorted(set(modalities.values()) | set(read_by_ops)))
     stream = TrainStream(num_examples=loaded.num_examples, seed=int(seed), batch_size=batch_size,
                          process_index=process_index, process_count=process_count,
                          shuffle=bool(data_cfg.get("shuffle", True)))
@@ -344,15 +359,6 @@ def make_train_iterator(data_cfg, spec: BatchSpec, *, batch_size: int, seed: int
         if not_images:
             raise ValueError(f"data.augment_on_device supports image modalities only; {not_images} are not "
                              f"images (augment them in tf.data: augment_on_device=False)")
-        view_ops = {}
-    else:
-        view_ops = {}
-        for view, specs in spec.views.items():
-            for modality, op_spec in specs.items():
-                try:
-                    view_ops[view, modality] = augment.parse(op_spec)
-                except ValueError as error:
-                    raise ValueError(f"config.data.views.{view}.{modality}: {error}") from None
     steps = {m: spec.input_shapes[m][0] for m in spec.variable_length}
 
     @tf.autograph.experimental.do_not_convert
@@ -364,11 +370,12 @@ def make_train_iterator(data_cfg, spec: BatchSpec, *, batch_size: int, seed: int
         example: Batch = {"views": {view: {} for view in spec.views}}
         if steps:
             example["valid"] = {view: {} for view in spec.views}
+        features = {key: reader.read(key, index) for key in read_by_ops}
         for modality, key in modalities.items():
             raw = reader.read(key, index)
             for view in spec.views:
                 op_seed = example_seed(stream.seed, epoch, index, VIEW_IDS[view], modality)
-                x = _finish(view_ops[view, modality](raw, op_seed))
+                x = _finish(view_ops[view, modality](raw, op_seed, features))
                 if modality in steps:
                     x, example["valid"][view][modality] = pad_steps(x, steps[modality])
                 example["views"][view][modality] = x
@@ -433,10 +440,12 @@ def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: 
     modalities = _modalities(data_cfg)
     steps = dict(steps or {})
     label_keys = list(labels) or list(data_cfg.get("labels", None) or [])
-    loaded = _load_for(data_cfg, split, sorted(set(modalities.values()) | set(label_keys)))
-    specs = _per_modality(data_cfg, "eval_ops", modalities)
+    configured = {modality: augment.parse(op_spec)
+                  for modality, op_spec in _per_modality(data_cfg, "eval_ops", modalities).items()}
+    read_by_ops = _feature_keys(configured.values())
+    loaded = _load_for(data_cfg, split, sorted(set(modalities.values()) | set(label_keys) | set(read_by_ops)))
     default_spec = {key: "normalize" if key in loaded.image_shapes else "" for key in loaded.columns}
-    ops = {modality: augment.parse(specs.get(modality, default_spec[key]))
+    ops = {modality: configured.get(modality) or augment.parse(default_spec[key])
            for modality, key in modalities.items()}
 
     own = np.arange(process_index, loaded.num_examples, process_count, dtype=np.int64)
@@ -449,9 +458,10 @@ def make_eval_iterator(data_cfg, split: str, *, batch_size: int, process_index: 
     def example(index: tf.Tensor) -> Batch:
         safe_index = tf.maximum(index, 0)
         inputs, valid = {}, {}
+        features = {key: reader.read(key, safe_index) for key in read_by_ops}
         for modality, key in modalities.items():
             op_seed = example_seed(0, 0, safe_index, 0, modality)
-            inputs[modality] = _finish(ops[modality](reader.read(key, safe_index), op_seed))
+            inputs[modality] = _finish(ops[modality](reader.read(key, safe_index), op_seed, features))
             if modality in steps:
                 inputs[modality], valid[modality] = pad_steps(inputs[modality], steps[modality])
         out = {"inputs": inputs, "mask": index >= 0, "index": index,

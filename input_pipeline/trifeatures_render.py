@@ -376,10 +376,31 @@ def iter_rendered_groups(images: ImageAttributes, spec: RenderSpec,
             scenes.append(_draw_scene(rng))
             if texture in _RANDOM_TEXTURES:
                 cells.append(_random_cells(rng, texture, spec))
-        alpha = _render_coverage(shape, texture, scenes, cells, spec)[..., None]
-        colors = COLOR_RGB[images.color[members]][:, None, None, :]
-        rgb = alpha * colors + (1 - alpha) * BACKGROUND_RGB
-        yield members, np.clip(rgb * 255, 0, 255).astype(np.uint8)
+        alpha = _render_coverage(shape, texture, scenes, cells, spec)
+        yield members, _blend(alpha, images.color[members])
+
+
+def _blend(alpha: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Coverage [B, H, W] and colour indices [B] -> uint8 pixels [B, H, W, 3] over the grey background."""
+    alpha, rgb = alpha[..., None], COLOR_RGB[colors][:, None, None, :]
+    return np.clip((alpha * rgb + (1 - alpha) * BACKGROUND_RGB) * 255, 0, 255).astype(np.uint8)
+
+
+def render_variant(image: tuple[int, int, int, int], spec: RenderSpec, *, color: int | None = None,
+                   texture: int | None = None, seed: int = RENDER_SEED) -> np.ndarray:
+    """Image (shape, colour, texture, render) with its colour and/or texture replaced: uint8 [H, W, 3].
+
+    Everything else is the image's own: its scene (rotation, position, texture angle and phase) and,
+    for a noise or rain texture, the cells its generator draws after the scene. With no replacement,
+    or a replacement by the same value, this is exactly the image `render_images` draws.
+    """
+    shape, own_color, own_texture, render = (int(value) for value in image)
+    rng = np.random.default_rng([seed, shape, own_color, own_texture, render])
+    scene = _draw_scene(rng)
+    texture_name = TEXTURE_NAMES[own_texture if texture is None else int(texture)]
+    cells = [_random_cells(rng, texture_name, spec)] if texture_name in _RANDOM_TEXTURES else []
+    alpha = _render_coverage(SHAPE_NAMES[shape], texture_name, [scene], cells, spec)
+    return _blend(alpha, np.array([own_color if color is None else int(color)]))[0]
 
 
 def render_images(images: ImageAttributes, spec: RenderSpec,

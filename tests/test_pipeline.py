@@ -9,11 +9,12 @@ import json
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from comm_jax.batch import BatchSpec, view_specs
 from comm_jax.view_recipes import simclr_image_ops
-from input_pipeline import pipeline
+from input_pipeline import augment, pipeline
 
 NUM_TRAIN, NUM_TEST, SIZE = 40, 13, 16
 MAX_STEPS, SEQ_FEATURES = 7, 3
@@ -198,6 +199,26 @@ def test_eval_inputs_are_not_augmented(data_dir):
                      for _ in range(2))
     np.testing.assert_array_equal(first["inputs"]["image"], second["inputs"]["image"])
     assert abs(float(np.mean(first["inputs"]["image"]))) < 1.5  # ImageNet-normalised
+
+
+@augment.register("add_label_for_pipeline_test")
+def _add_label():
+    """Throwaway op reading a feature that is no modality: pixel values (0..255) plus the record's label."""
+    return augment.reads_features(
+        lambda x, seed, features: tf.cast(x, tf.float32) + tf.cast(features["label"], tf.float32), ["label"])
+
+
+def test_ops_that_read_example_features_get_them_in_training_and_evaluation(data_dir):
+    cfg = make_cfg(data_dir, eval_ops={"image": "add_label_for_pipeline_test|to_float"})
+    plain = make_cfg(data_dir, eval_ops={"image": "to_float"})
+    batch = next(train_iterator(cfg, ops={"image": "flip_lr(p=0.0)|add_label_for_pipeline_test"}, batch_size=8, seed=0))
+    for view in batch["views"].values():
+        shift = view["image"] - (view["ident"] % 4)[:, None, None, None]
+        np.testing.assert_array_equal(shift, np.round(shift))        # raw pixels plus exactly the label
+        assert shift.min() >= 0 and shift.max() <= 255 and len(set(view["ident"] % 4)) > 1
+    got, raw = (next(iter(pipeline.make_eval_iterator(c, "test", batch_size=4, labels=("id",)))) for c in (cfg, plain))
+    label = (got["labels"]["id"] % 4)[:, None, None, None]
+    np.testing.assert_array_equal(got["inputs"]["image"], raw["inputs"]["image"] * 255 + label)
 
 
 @pytest.mark.parametrize("config, modalities, pattern", [
