@@ -151,7 +151,7 @@ def run_torch(args, peaks: dict[str, Any]) -> list[dict[str, Any]]:
     print(f"\n== PyTorch anchor ({args.torch_script}) ==", flush=True)
     config_file = os.path.join(REPO_ROOT, "configs", "trifeatures.py")
     return torch_anchor.compare(args.torch_python, args.torch_script,
-                                lambda size: load_config(f"{config_file}:res={size}"), batch=args.torch_batch,
+                                lambda size: load_config(f"{config_file}:res={size}{args.torch_config_arg}"), batch=args.torch_batch,
                                 sizes=_ints(args.torch_sizes), steps=args.steps, warmup=args.warmup,
                                 threads=args.torch_threads, peaks=peaks, repeats=args.torch_repeats,
                                 torch_env=dict(kv.split("=", 1) for kv in args.torch_env or ()),
@@ -202,6 +202,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--torch-batch", type=int, default=16)
     g.add_argument("--torch-sizes", default="224,64")
     g.add_argument("--torch-threads", type=int, default=2)
+    g.add_argument("--torch-config-arg", default="", type=lambda t: f",{t}" if t else "",
+                   help="more configs/trifeatures.py tokens for the JAX side, e.g. conv3x3=winograd")
     g.add_argument("--torch-repeats", type=int, default=3, help="alternate JAX and torch runs this many times")
     g.add_argument("--torch-env", action="append", metavar="KEY=VALUE",
                    help="environment for the torch runs, repeatable (on a shared CPU host: OMP_WAIT_POLICY=PASSIVE)")

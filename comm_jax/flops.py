@@ -35,8 +35,9 @@ def dense_flops(rows: int, d_in: int, d_out: int) -> int:
     return 2 * rows * d_in * d_out
 
 
-def alexnet(batch: int, h: int, w: int, c: int) -> tuple[int, tuple[int, int, int]]:
-    """FLOPs of AlexNet `features` and its output `(h, w, channels)`."""
+def alexnet(batch: int, h: int, w: int, c: int, conv3x3: str = "direct") -> tuple[int, tuple[int, int, int]]:
+    """FLOPs of AlexNet `features` and its output `(h, w, channels)`: the direct convolutions' count, the
+    model's FLOPs whichever `conv3x3` computes them (Winograd does fewer multiplies for the same result)."""
     total = 0
     for out, k, s, p, pool in AlexNetFeatures.LAYERS:
         total += conv_flops(batch, h, w, k, s, p, c, out)

@@ -12,6 +12,8 @@ get_config(arg) tokens (comma-separated):
   ood=true     pretrain and probe on `bimodal_trifeatures_shift` data without the held-out shape,
                texture and colour, and add the `ood` evaluator scoring every shift of that builder
                (with bias=true: pretraining on its biased pairs, scored on the synergy shift)
+  conv3x3=IMPL AlexNet's 3x3 layers: direct (default) or winograd (comm_jax.models.winograd; same
+               parameters, measured in docs/benchmarks/cpu_ratio.md)
 
 Full size follows the paper and the reference: AlexNet features on 224 px, batch 64, AdamW lr 3e-4,
 weight decay 1e-4, 100 epochs of the 10,000 training pairs, temperature 0.1. CoMM fuses the two
@@ -73,7 +75,7 @@ def _add_ood(c: ml_collections.ConfigDict, res: int, bias: bool) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    tokens = common.parse_arg(arg, known=("cpu", "loss", "bias", "res", "crop", "ood"))
+    tokens = common.parse_arg(arg, known=("cpu", "loss", "bias", "res", "crop", "ood", "conv3x3"))
     cpu = common.as_bool(tokens.get("cpu", "false"), "cpu")
     bias = common.as_bool(tokens.get("bias", "false"), "bias")
     ood = common.as_bool(tokens.get("ood", "false"), "ood")
@@ -108,6 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         image_encoder = dict(encoder="small_cnn", encoder_args=dict(channels=channels))
     else:
         image_encoder = dict(encoder="alexnet", adapter_args=dict(base_grid=(6, 6)))
+        if "conv3x3" in tokens:
+            image_encoder["encoder_args"] = dict(conv3x3=tokens["conv3x3"])
     c.model = _fusion_model(cpu) if method.architecture == "fusion" else _towers_model(c.loss.name, cpu)
     modalities = ("image_1", "image_2")[:method.max_modalities or 2]
     c.model.modalities = modalities

@@ -7,6 +7,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from comm_jax.models.winograd import winograd_conv3x3
+
+CONV3X3_IMPLS = ("direct", "winograd")
+
 
 def _max_pool(x: jax.Array, size: int, stride: int, pad: int = 0) -> jax.Array:
     return nnx.max_pool(x, (size, size), (stride, stride), ((pad, pad), (pad, pad)))
@@ -20,7 +24,12 @@ class AlexNetFeatures(nnx.Module):
     LAYERS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
               (256, 3, 1, 1, False), (256, 3, 1, 1, True))
 
-    def __init__(self, in_channels: int = 3, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int = 3, *, conv3x3: str = "direct", dtype=jnp.float32, rngs: nnx.Rngs):
+        """`conv3x3="winograd"` computes the 3x3 layers as Winograd F(2x2, 3x3) (`comm_jax.models.winograd`)
+        on the same parameters where the feature map is at least 8 px; "direct" uses `nnx.Conv`."""
+        if conv3x3 not in CONV3X3_IMPLS:
+            raise ValueError(f"conv3x3 must be one of {CONV3X3_IMPLS}, got {conv3x3!r}")
+        self.conv3x3 = conv3x3
         convs, pools, c = [], [], in_channels
         for out, k, s, p, pool in self.LAYERS:
             convs.append(nnx.Conv(c, out, (k, k), strides=(s, s), padding=((p, p), (p, p)),
@@ -32,10 +41,18 @@ class AlexNetFeatures(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for conv, pool in zip(self.convs, self.pools):
-            x = jax.nn.relu(conv(x))
+            use_winograd = (self.conv3x3 == "winograd" and conv.kernel_size == (3, 3)
+                            and tuple(conv.strides) == (1, 1) and min(x.shape[1:3]) >= 8)
+            x = jax.nn.relu(_winograd(conv, x) if use_winograd else conv(x))
             if pool:
                 x = _max_pool(x, 3, 2)
         return x
+
+
+def _winograd(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a stride-1 3x3 `nnx.Conv` with explicit padding, through `winograd_conv3x3`."""
+    x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], conv.bias[...]), dtype=conv.dtype)
+    return winograd_conv3x3(x, kernel, tuple(conv.padding), precision=conv.precision) + bias
 
 
 class BasicBlock(nnx.Module):
