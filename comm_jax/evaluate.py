@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from comm_jax import cli_errors, distributed
+from comm_jax import cli_errors, distributed, priority
 from comm_jax.cli_errors import ProgramError
 from comm_jax.watch_progress import WatchProgress
 from comm_jax.checkpoints import CheckpointStore, checkpoint_dir, completed_step
@@ -261,8 +261,12 @@ def main(argv=None) -> None:
                       "adding an evaluator); the new row is appended, the old one kept.")
     flags.DEFINE_float("timeout", 3600.0, "Give up after this many seconds without a new checkpoint while no "
                        "trainer holds the workdir (0: wait forever).")
-    flags.DEFINE_integer("nice", 10, "Lower this process's CPU priority by this much (as `nice`), so that a "
-                         "trainer beside the watcher keeps its speed on a shared host; 0 keeps the priority.")
+    flags.DEFINE_integer("nice", 10, "Lower this process's CPU priority by this much (as `nice`, every "
+                         "thread), so that a trainer beside the watcher keeps its speed on a shared host; 0 "
+                         "keeps the priority.")
+    flags.DEFINE_bool("idle", True, "Run every thread under Linux's SCHED_IDLE policy: the watcher computes "
+                      "only on CPU time the trainer leaves (on a busy host it may then evaluate mostly after "
+                      "training ends); --noidle for normal scheduling at --nice.")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
 
@@ -270,8 +274,8 @@ def main(argv=None) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
         if flags.FLAGS.nice < 0:
             raise cli_errors.UsageError(f"--nice={flags.FLAGS.nice}: give 0 or more (raising priority needs root)")
-        if flags.FLAGS.nice:
-            os.nice(flags.FLAGS.nice)
+        idle = flags.FLAGS.idle and hasattr(os, "SCHED_IDLE")     # elsewhere nice alone
+        priority.lower(flags.FLAGS.nice, idle=idle)
         cfg = cli_errors.loaded_config()
         distributed.initialize(flags.FLAGS)
         if flags.FLAGS.again and flags.FLAGS.step is None:

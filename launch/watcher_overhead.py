@@ -1,14 +1,15 @@
 """How much the evaluation watcher slows the training beside it on one host.
 
 Trains the quickstart config with the `ood` evaluator (`configs/trifeatures.py:cpu,ood=true`) alone, and
-with `comm_jax.evaluate` watching the same workdir at each `--nice` level, as one process and as a
-two-process job (the watcher then runs as two processes too); variants are interleaved within each repeat
-so that load drifting over the run hits them alike. Training speed is read from its own metrics: the mean
+with `comm_jax.evaluate` watching the same workdir at each priority of `--watchers` (`idle`: the
+watcher's default, SCHED_IDLE; `niceN`: `--noidle --nice=N`), as one process and as a two-process job
+(the watcher then runs as two processes too); variants are interleaved within each repeat so that load
+drifting over the run hits them alike. A watcher that stops before the training ends fails the run. Training speed is read from its own metrics: the mean
 step time over the logged intervals after the first (which holds compilation). The watcher is stopped
 when training ends: only the training's speed is measured. Prints a table and writes JSON.
 
     python launch/watcher_overhead.py --output=docs/benchmarks/watcher_overhead.json \\
-        [--steps=1500 --ckpt_every=500] [--processes=1,2] [--nice=10,0] [--repeats=1]
+        [--steps=1500 --ckpt_every=500] [--processes=1,2] [--watchers=idle,nice10] [--repeats=1]
 """
 
 from __future__ import annotations
@@ -59,7 +60,16 @@ def training_speed(workdir: str) -> dict[str, float]:
     return {"seconds_per_step": sum(seconds) / (steps[-1] - steps[0]), "steps_timed": steps[-1] - steps[0]}
 
 
-def one_run(args, processes: int, nice: int | None, scratch: str, tag: str) -> dict[str, object]:
+def watcher_flags(watcher: str) -> list[str]:
+    """`idle` -> the watcher's default scheduling (SCHED_IDLE); `niceN` -> normal scheduling at nice N."""
+    if watcher == "idle":
+        return ["--idle"]
+    if watcher.startswith("nice") and watcher[4:].isdigit():
+        return ["--noidle", f"--nice={watcher[4:]}"]
+    raise SystemExit(f"error: --watchers: {watcher!r} is neither 'idle' nor 'niceN'")
+
+
+def one_run(args, processes: int, watcher_kind: str | None, scratch: str, tag: str) -> dict[str, object]:
     workdir = os.path.join(scratch, tag)
     os.makedirs(workdir)
     train_flags = [f"--config.num_steps={args.steps}", f"--config.ckpt_every={args.ckpt_every}",
@@ -67,13 +77,14 @@ def one_run(args, processes: int, nice: int | None, scratch: str, tag: str) -> d
     if args.data_dir:
         train_flags.append(f"--config.data.data_dir={args.data_dir}")
     watcher: list[subprocess.Popen] = []
-    if nice is not None:
-        eval_flags = [f"--nice={nice}", "--timeout=0"] + train_flags[:1] + train_flags[4:]
+    if watcher_kind is not None:
+        eval_flags = watcher_flags(watcher_kind) + ["--timeout=0"] + train_flags[:1] + train_flags[4:]
         watcher = job("comm_jax.evaluate", workdir, processes, eval_flags, os.path.join(scratch, f"{tag}.eval"))
     started = time.time()
     trainers = job("comm_jax.train", workdir, processes, train_flags, os.path.join(scratch, f"{tag}.train"))
     codes = [p.wait() for p in trainers]
     wall = time.time() - started
+    failed = [i for i, p in enumerate(watcher) if p.poll() is not None]
     for p in watcher:
         p.terminate()
     for p in watcher:
@@ -84,23 +95,27 @@ def one_run(args, processes: int, nice: int | None, scratch: str, tag: str) -> d
     if any(codes):
         log = open(os.path.join(scratch, f"{tag}.train.0.out")).read()[-3000:]
         raise SystemExit(f"training {tag} failed (exit codes {codes}):\n{log}")
+    if failed:
+        log = open(os.path.join(scratch, f"{tag}.eval.{failed[0]}.out")).read()[-3000:]
+        raise SystemExit(f"the watcher of {tag} stopped before the training ended:\n{log}")
     evaluated = 0
     eval_log = os.path.join(workdir, "metrics", "eval.jsonl")
     if os.path.exists(eval_log):
         evaluated = sum(1 for line in open(eval_log) if line.strip())
-    return {"processes": processes, "watcher_nice": nice, "wall_seconds": wall,
+    return {"processes": processes, "watcher": watcher_kind, "wall_seconds": wall,
             "checkpoints_evaluated_during_training": evaluated, **training_speed(workdir)}
 
 
 def summarise(runs: list[dict[str, object]]) -> list[dict[str, object]]:
     rows = []
     for processes in sorted({r["processes"] for r in runs}):
-        alone = [r["seconds_per_step"] for r in runs if r["processes"] == processes and r["watcher_nice"] is None]
+        alone = [r["seconds_per_step"] for r in runs if r["processes"] == processes and r["watcher"] is None]
         base = statistics.median(alone)
-        for nice in [None] + sorted({r["watcher_nice"] for r in runs if r["watcher_nice"] is not None}, reverse=True):
-            same = [r for r in runs if r["processes"] == processes and r["watcher_nice"] == nice]
+        kinds = list(dict.fromkeys(r["watcher"] for r in runs if r["watcher"] is not None))   # first-seen order
+        for kind in [None] + kinds:
+            same = [r for r in runs if r["processes"] == processes and r["watcher"] == kind]
             median = statistics.median(r["seconds_per_step"] for r in same)
-            rows.append({"processes": processes, "watcher": "none" if nice is None else f"nice {nice}",
+            rows.append({"processes": processes, "watcher": "none" if kind is None else kind,
                          "ms_per_step": 1000 * median, "slowdown_percent": 100 * (median / base - 1),
                          "evaluated_during_training": statistics.median(
                              r["checkpoints_evaluated_during_training"] for r in same),
@@ -128,26 +143,29 @@ def main() -> None:
     parser.add_argument("--ckpt_every", type=int, default=500)
     parser.add_argument("--log_every", type=int, default=50)
     parser.add_argument("--processes", default="1,2")
-    parser.add_argument("--nice", default="10,0", help="the watcher's nice levels to measure, comma-separated")
+    parser.add_argument("--watchers", default="idle,nice10",
+                        help="the watcher priorities to measure, comma-separated: idle (SCHED_IDLE), niceN")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the scratch work directories")
     args = parser.parse_args()
 
     processes = [int(p) for p in args.processes.split(",")]
-    nices = [int(n) for n in args.nice.split(",")]
+    kinds = args.watchers.split(",")
+    for kind in kinds:
+        watcher_flags(kind)
     scratch = tempfile.mkdtemp(prefix="watcher_overhead_")
     load = os.getloadavg()
     runs = []
     try:
         for repeat in range(args.repeats):
-            variants = [None] + nices
+            variants = [None] + kinds
             variants = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
             for p in processes:
-                for nice in variants:
-                    tag = f"p{p}-{'alone' if nice is None else f'nice{nice}'}-r{repeat}"
+                for kind in variants:
+                    tag = f"p{p}-{kind or 'alone'}-r{repeat}"
                     print(f"run {tag} ...", flush=True)
-                    runs.append({"repeat": repeat, **one_run(args, p, nice, scratch, tag)})
+                    runs.append({"repeat": repeat, **one_run(args, p, kind, scratch, tag)})
                     print(f"  {1000 * runs[-1]['seconds_per_step']:.0f} ms/step", flush=True)
     finally:
         if not args.keep:

@@ -16,7 +16,7 @@ LAYERS = (
                  "comm_jax.checkpoints", "comm_jax.device_augment", "comm_jax.op_spec", "comm_jax.view_recipes",
                  "comm_jax.peaks", "comm_jax.metrics_log", "comm_jax.distributed", "comm_jax.models",
                  "comm_jax.methods", "comm_jax.cli_errors", "comm_jax.lease", "comm_jax.divergence",
-                 "comm_jax.resume", "comm_jax.retention", "comm_jax.watch_progress",
+                 "comm_jax.resume", "comm_jax.retention", "comm_jax.watch_progress", "comm_jax.priority",
                  # NumPy-only measures and the exact BROJA solver: data builders store ground-truth PIDs.
                  "comm_jax.information.pid", "comm_jax.information.measures")),
     (1, "data", ("input_pipeline",)),

@@ -23,14 +23,14 @@ def test_training_speed_skips_the_first_interval_and_weights_by_steps(bench, tmp
 
 
 def test_slowdown_is_against_the_median_of_training_alone(bench):
-    runs = [{"processes": 1, "watcher_nice": None, "seconds_per_step": s, "checkpoints_evaluated_during_training": 0}
+    runs = [{"processes": 1, "watcher": None, "seconds_per_step": s, "checkpoints_evaluated_during_training": 0}
             for s in (0.10, 0.30, 0.20)]
-    runs += [{"processes": 1, "watcher_nice": 10, "seconds_per_step": s, "checkpoints_evaluated_during_training": 2}
+    runs += [{"processes": 1, "watcher": "nice10", "seconds_per_step": s, "checkpoints_evaluated_during_training": 2}
              for s in (0.22, 0.21, 0.26)]
     rows = bench.summarise(runs)
-    assert [r["watcher"] for r in rows] == ["none", "nice 10"]
+    assert [r["watcher"] for r in rows] == ["none", "nice10"]
     assert rows[0]["slowdown_percent"] == pytest.approx(0.0)
     assert rows[1]["ms_per_step"] == pytest.approx(220.0)
     assert rows[1]["slowdown_percent"] == pytest.approx(10.0)
-    assert "| 1 | nice 10 | 220 | +10.0% | 2 |" in bench.markdown(rows, {
+    assert "| 1 | nice10 | 220 | +10.0% | 2 |" in bench.markdown(rows, {
         "steps": 9, "ckpt_every": 3, "host_cores": 2, "load_at_start": "0", "date": "d", "repeats": 3})
