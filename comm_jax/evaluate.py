@@ -264,9 +264,9 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("nice", 10, "Lower this process's CPU priority by this much (as `nice`, every "
                          "thread), so that a trainer beside the watcher keeps its speed on a shared host; 0 "
                          "keeps the priority.")
-    flags.DEFINE_bool("idle", True, "Run every thread under Linux's SCHED_IDLE policy: the watcher computes "
-                      "only on CPU time the trainer leaves (on a busy host it may then evaluate mostly after "
-                      "training ends); --noidle for normal scheduling at --nice.")
+    flags.DEFINE_bool("idle", True, "While watching (no --step): run every thread under Linux's SCHED_IDLE "
+                      "policy, so the watcher computes only on CPU time the trainer leaves (on a busy host it "
+                      "may then evaluate mostly after training ends); --noidle for normal scheduling at --nice.")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
 
@@ -274,7 +274,8 @@ def main(argv=None) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax logs every restore at INFO
         if flags.FLAGS.nice < 0:
             raise cli_errors.UsageError(f"--nice={flags.FLAGS.nice}: give 0 or more (raising priority needs root)")
-        idle = flags.FLAGS.idle and hasattr(os, "SCHED_IDLE")     # elsewhere nice alone
+        # A watcher yields the CPU to the trainer; one checkpoint asked for by --step is evaluated at --nice.
+        idle = flags.FLAGS.idle and flags.FLAGS.step is None and hasattr(os, "SCHED_IDLE")
         priority.lower(flags.FLAGS.nice, idle=idle)
         cfg = cli_errors.loaded_config()
         distributed.initialize(flags.FLAGS)

@@ -236,9 +236,9 @@ def setup(tmp_path_factory):
     return root, str(config_file), data_dir, cfg
 
 
-def _launch(module: str, config_file: str, data_dir: str, workdir: str, log_path: Path):
+def _launch(module: str, config_file: str, data_dir: str, workdir: str, log_path: Path, *flags: str):
     cmd = [sys.executable, "-m", module, f"--config={config_file}", f"--workdir={workdir}",
-           f"--config.data.data_dir={data_dir}"]
+           f"--config.data.data_dir={data_dir}", *flags]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
@@ -249,7 +249,8 @@ def run(setup):
     root, config_file, data_dir, _ = setup
     workdir = str(root / "run")
     os.makedirs(workdir)                # as launch/local.sh: the watcher refuses a workdir that does not exist
-    evaluator = _launch("comm_jax.evaluate", config_file, data_dir, workdir, root / "eval.log")
+    # Normal scheduling: beside the other test worker's load an idle-priority watcher would wait for it.
+    evaluator = _launch("comm_jax.evaluate", config_file, data_dir, workdir, root / "eval.log", "--noidle")
     trainer = _launch("comm_jax.train", config_file, data_dir, workdir, root / "train.log")
     codes = trainer.wait(PROCESS_TIMEOUT), evaluator.wait(PROCESS_TIMEOUT)
     return workdir, codes, (root / "train.log").read_text(), (root / "eval.log").read_text()

@@ -133,7 +133,7 @@ def eval_command(workdir, data_dir, *extra):
     return [sys.executable, "-m", "comm_jax.evaluate", "--config=configs/trifeatures.py:cpu", f"--workdir={workdir}",
             f"--config.data.data_dir={data_dir}", "--config.evals.batch_size=32",
             "--config.evals.train_split=train[:96]", "--config.evals.train_examples=80",
-            "--config.evals.test_split=test[:40]", "--config.evals.poll_seconds=0.1", *extra]
+            "--config.evals.test_split=test[:40]", "--config.evals.poll_seconds=0.1", "--noidle", *extra]
 
 
 def eval_rows(workdir):

@@ -86,7 +86,7 @@ def test_unevaluated_checkpoints_are_kept_up_to_the_bound_with_a_warning(referen
 
 def test_watcher_reports_steps_it_never_saw(reference, tfds_dir):
     workdir = reference[0]
-    proc = run(eval_cmd(workdir, tfds_dir))
+    proc = run(eval_cmd(workdir, tfds_dir, "--noidle"))
     assert "were deleted before the watcher could evaluate them" in proc.stderr
     assert "never evaluated (deleted before the watcher saw them): steps [6]" in proc.stdout
     assert not os.path.exists(watcher_path(workdir))          # its heartbeat is removed on exit
