@@ -191,12 +191,13 @@ def test_full_disk_is_one_line_naming_the_resume_step(tmp_path, tfds_dir):
 
 def test_watcher_refuses_a_missing_workdir_and_times_out_without_a_trainer(tmp_path, tfds_dir):
     missing = str(tmp_path / "missing")
-    assert_one_error_line(run(eval_cmd(missing, tfds_dir), check=False), "does not exist")
+    # Normal scheduling: beside the other test worker's load an idle-priority watcher would wait for it.
+    assert_one_error_line(run(eval_cmd(missing, tfds_dir, "--noidle"), check=False), "does not exist")
     assert not os.path.exists(missing)
     empty = str(tmp_path / "empty")
     os.makedirs(empty)
     start = time.time()
-    proc = run(eval_cmd(empty, tfds_dir, "--timeout=2"), check=False)
+    proc = run(eval_cmd(empty, tfds_dir, "--noidle", "--timeout=2"), check=False)
     assert_one_error_line(proc, "no new checkpoint", "giving up")
     assert time.time() - start < 120
 
