@@ -113,3 +113,37 @@ def test_roofline_memory_fit_and_out_of_memory_arithmetic():
     assert roofline.out_of_memory("INVALID_ARGUMENT: bad sharding") is None
     # 32 GiB needed with 2 GiB fixed at 64 per chip; 15.2 GiB usable -> 28 per chip on 16 chips
     assert "about 448 (28 per chip)" in roofline.advice(32.0, 16.0, 1024, 16, 2.0)
+
+
+@pytest.mark.parametrize("state,per_example,superlinear", [(1.0, 0.03, 0.0), (2.0, 0.02, 1e-5), (0.5, 0.5, 0.0)],
+                         ids=["linear", "superlinear_beyond_the_limit", "few_per_chip"])
+def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, state, per_example, superlinear):
+    """The search, on a fake compiler whose memory is state + per_example * b + superlinear * b^3 GiB
+    (refused above the chip's usable memory, reporting what it needs), ends with a fitting size within
+    1/8 (or 8) of a refused one, or fitting within 8 of the true limit, in at most its compile budget."""
+    from comm_jax.aot_check import table as pod_table
+
+    capacity = 16.0
+    usable = capacity * roofline.USABLE_FRACTION
+
+    def memory(b):
+        return state + per_example * b + superlinear * b ** 3
+
+    def compile_case(b):
+        used = memory(b)
+        entry = {"per_chip_batch": b, "capacity_gib": capacity, "fits": used <= usable, "compile_s": 0.0}
+        return entry | ({"peak_gib": used, "state_gib": state} if used <= usable else
+                        {"needs_gib": used, "state_gib": state, "compiler_oom": True})
+
+    limit = max(b for b in range(1, 4096) if memory(b) <= usable)
+    book = pod_table.Table(str(tmp_path / "plans.json"))
+    first = compile_case(64 if memory(64) <= usable else 8) | {"kind": "step", "row": "r", "pod": "p"}
+    pod_table.largest_batch(book, "r", pods.Pod("p", "v5e:4x4"), [None] * 16, first, compile_case=compile_case)
+    searched = [e for e in book.entries if e.get("search") == "largest"]
+    assert 1 <= len(searched) <= pod_table.SEARCH_COMPILES
+    fitting = [e["per_chip_batch"] for e in searched + [first] if e["fits"]]
+    refused = [e["per_chip_batch"] for e in searched if not e["fits"]]
+    best = max(fitting)
+    assert best <= limit and all(r > limit for r in refused)
+    assert limit - best <= max(8, best // pod_table.SEARCH_WITHIN) or (
+        refused and min(refused) - best <= max(8, best // pod_table.SEARCH_WITHIN))

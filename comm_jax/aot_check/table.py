@@ -9,6 +9,7 @@ compiled; a rerun skips the cases already there.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -143,19 +144,52 @@ class Table:
             json.dump({"jax": jax.__version__, "entries": self.entries}, f, indent=1)
 
 
-def largest_batch(table: Table, row: str, pod: pods.Pod, devices, first: dict[str, Any]) -> None:
-    """Compile at the linear prediction; when refused, once more at the prediction from that refusal."""
+SEARCH_COMPILES = 6        # compiles spent on each (row, pod)'s largest batch after the first
+SEARCH_WITHIN = 8          # stop once the refused size is within 1/8 of the fitting one (or 8 per chip)
+
+
+def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None) -> int | None:
+    """The next per-chip batch to compile (a multiple of 8 when 8 or more), or None when the search is done.
+    After a fitting compile: the linear prediction from it (memory beyond the state grows about linearly
+    below the limit), kept under the smallest refused size. After a refusal: the geometric midpoint of the
+    largest fitting and the smallest refused size, or, with nothing fitting yet, the prediction from what
+    the refused compile needed, kept under half of it."""
+    if last["fits"]:
+        guess = predicted_max_per_chip(last) or 0
+        if refused_at is not None:
+            guess = min(guess, refused_at - 8)
+        if guess <= (fits_at or 0):
+            guess = int(math.sqrt(fits_at * refused_at)) if fits_at and refused_at else 0
+    elif fits_at:
+        guess = int(math.sqrt(fits_at * refused_at))
+    else:
+        guess = min(predicted_max_per_chip(last) or 0, refused_at // 2)
+    guess = guess // 8 * 8 if guess >= 8 else guess
+    return guess if guess > (fits_at or 0) and (refused_at is None or guess < refused_at) else None
+
+
+def largest_batch(table: Table, row: str, pod: pods.Pod, devices, first: dict[str, Any],
+                  compile_case: Callable[[int], dict[str, Any]] | None = None) -> None:
+    """The largest per-chip batch that compiles and fits, searched from the first compile: the linear
+    prediction, then bisection between the largest fitting and smallest refused sizes, at most
+    `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` of each other."""
     chips = len(devices)
-    guess = predicted_max_per_chip(first)
-    for _ in range(2):
-        if not guess:
+    compile_case = compile_case or (lambda per_chip: compile_row(row, pod, devices, per_chip * chips))
+    fits_at = first["per_chip_batch"] if first["fits"] else None
+    refused_at = None if first["fits"] else first["per_chip_batch"]
+    last = first
+    for _ in range(SEARCH_COMPILES):
+        guess = next_guess(last, fits_at, refused_at)
+        if guess is None:
             return
-        entry = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": guess * chips,
-                           "search": "largest"}, lambda: compile_row(row, pod, devices, guess * chips))
-        if entry["fits"]:
+        last = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": guess * chips,
+                          "search": "largest"}, lambda: compile_case(guess))
+        if last["fits"]:
+            fits_at = max(fits_at or 0, guess)
+        else:
+            refused_at = min(refused_at or guess, guess)
+        if fits_at and refused_at and refused_at - fits_at <= max(8, fits_at // SEARCH_WITHIN):
             return
-        smaller = predicted_max_per_chip(entry)
-        guess = min(smaller, guess - 8) if smaller else None
 
 
 def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:

@@ -39,9 +39,11 @@ def _largest(entries: Sequence[dict[str, Any]]) -> list[str]:
             best = max(fitting, key=lambda e: e["global_batch"], default=None)
             cells.append("none compiled" if best is None else f"{best['global_batch']:,} ({best['per_chip_batch']}/chip)")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return lines + ["", "Each pod's largest batch is the linear "
-                        "prediction from the first compile, rounded down to a multiple of 8 per chip, then "
-                        "compiled; the true limit may be a little higher.", ""]
+    return lines + ["", "Each pod's largest batch is searched by compiling, from the first compile: the "
+                        "linear prediction from the last fitting compile, then bisection between the largest "
+                        "fitting and the smallest refused size (multiples of 8 per chip), at most 6 compiles, "
+                        "stopping when the two are within 1/8 of each other; the true limit lies below the "
+                        "smallest refused size in the table of every step.", ""]
 
 
 def _steps(entries: Sequence[dict[str, Any]]) -> list[str]:
