@@ -193,7 +193,7 @@ def largest_batch(table: Table, row: str, pod: pods.Pod, devices, first: dict[st
 
 
 def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
-    """Compile every case, the cheap loss programs first, then each row over all pods."""
+    """Compile every case: the cheap loss programs, each row over all pods, then the largest-batch searches."""
     table = Table(out + ".json")
     targets = [(pod, pods.pod_devices(pod)) for pod in map(pods.parse_pod, pod_names)]
     if "loss" in rows:
@@ -202,6 +202,9 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
                 for impl in ("fused", "reference"):
                     table.run({"kind": "loss", "row": f"loss_{impl}", "pod": pod.name, "global_batch": batch},
                               lambda: compile_loss(impl, pod, devices, batch))
+    # Every (row, pod) at its stated batches first, then the largest-batch searches: an interrupted run
+    # has the whole grid at the default batch before it spends compiles on any search.
+    firsts = []
     for row in (r for r in rows if r in ROWS):
         _, _, per_chip, batches = ROWS[row]
         for pod, devices in targets:
@@ -211,7 +214,9 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
             if per_chip:
                 first = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": per_chip * len(devices)},
                                   lambda: compile_row(row, pod, devices, per_chip * len(devices)))
-                largest_batch(table, row, pod, devices, first)
+                firsts.append((row, pod, devices, first))
+    for row, pod, devices, first in firsts:
+        largest_batch(table, row, pod, devices, first)
     return table
 
 
