@@ -4,7 +4,7 @@ with what the step needs and what to change.
     python -m comm_jax.aot_check --config=configs/trifeatures.py --topology=v5e-16 --config.batch_size=1024
     python -m comm_jax.aot_check --config=configs/trifeatures.py --topology=v5e:4x4,slices=2
     python -m comm_jax.aot_check --config=configs/trifeatures.py --devices=64 --chip=h100
-    python -m comm_jax.aot_check --table [--table_pods=v5e-16,v4-64] [--table_out=docs/benchmarks/pod_plans]
+    python -m comm_jax.aot_check --table [--table_pods=v5e-16,v4-64] [--table_out=docs/benchmarks/pod_plans] [--table_render]
 
 `--devices=N` compiles with XLA:CPU on N fake devices (any machine): the memory and collectives are the
 CPU compiler's, an approximation of a GPU's; `--chip` names the GPU whose capacity and roofline apply.
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     flags.DEFINE_list("table_pods", None, "With --table: only these pods.")
     flags.DEFINE_list("table_rows", None, "With --table: only these rows (by name).")
     flags.DEFINE_string("table_out", "docs/benchmarks/pod_plans", "With --table: output path without suffix.")
+    flags.DEFINE_bool("table_render", False, "With --table: write the Markdown from the JSON's compiled cases "
+                      "only, compiling nothing.")
 
     def run(_):
         logging.set_verbosity(logging.WARNING)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         if f.table:
             from comm_jax.aot_check import table as pod_table
 
-            pod_table.main(f.table_pods, f.table_rows, f.table_out)
+            pod_table.main(f.table_pods, f.table_rows, f.table_out, render_only=f.table_render)
             return
         if f.config is None:
             raise SystemExit("error: --config is required (or --table)")

@@ -220,10 +220,11 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
     return table
 
 
-def main(pod_names: Sequence[str] | None, rows: Sequence[str] | None, out: str) -> None:
+def main(pod_names: Sequence[str] | None, rows: Sequence[str] | None, out: str, render_only: bool = False) -> None:
     from comm_jax.aot_check import table_markdown
 
-    table = build(pod_names or PODS, rows or ("loss", *ROWS), out)
+    # render_only: the Markdown of what the JSON holds (e.g. while or after an interrupted run), nothing compiled
+    table = Table(out + ".json") if render_only else build(pod_names or PODS, rows or ("loss", *ROWS), out)
     with open(out + ".md", "w") as f:
-        f.write(table_markdown.render(table.entries))
-    print(f"wrote {out}.json and {out}.md")
+        f.write(table_markdown.render(table.entries, [r for r in (rows or ROWS) if r in ROWS], pod_names or PODS))
+    print(f"wrote {out}.md" if render_only else f"wrote {out}.json and {out}.md")

@@ -28,11 +28,11 @@ def _gib(entry: dict[str, Any]) -> str:
     return f"{entry['peak_gib']:.2f}"
 
 
-def _largest(entries: Sequence[dict[str, Any]]) -> list[str]:
+def _largest(entries: Sequence[dict[str, Any]], rows: Sequence[str] = (), pods: Sequence[str] = ()) -> list[str]:
+    pods = list(dict.fromkeys([*pods, *(e["pod"] for e in entries)]))
     lines = ["## Largest global batch per pod (compiled and fitting)", "",
-             "| config | " + " | ".join(pods := list(dict.fromkeys(e["pod"] for e in entries))) + " |",
-             "|---|" + "---|" * len(pods)]
-    for row in dict.fromkeys(e["row"] for e in entries if e["kind"] == "step"):
+             "| config | " + " | ".join(pods) + " |", "|---|" + "---|" * len(pods)]
+    for row in dict.fromkeys([*rows, *(e["row"] for e in entries if e["kind"] == "step")]):
         cells = []
         for pod in pods:
             fitting = [e for e in entries if e["row"] == row and e["pod"] == pod and e["fits"]]
@@ -76,5 +76,6 @@ def _loss(entries: Sequence[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def render(entries: Sequence[dict[str, Any]]) -> str:
-    return "\n".join([HEADER, *_largest(entries), *_loss(entries), *_steps(entries)])
+def render(entries: Sequence[dict[str, Any]], rows: Sequence[str] = (), pods: Sequence[str] = ()) -> str:
+    """The tables; `rows` and `pods` name the grid asked for, so that cases not compiled yet show as such."""
+    return "\n".join([HEADER, *_largest(entries, rows, pods), *_loss(entries), *_steps(entries)])
