@@ -147,3 +147,18 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
     assert best <= limit and all(r > limit for r in refused)
     assert limit - best <= max(8, best // pod_table.SEARCH_WITHIN) or (
         refused and min(refused) - best <= max(8, best // pod_table.SEARCH_WITHIN))
+
+
+def test_table_markdown_shows_the_largest_fitting_batch_and_the_cases_not_compiled():
+    from comm_jax.aot_check import table_markdown
+
+    def step(pod, batch, fits):
+        entry = {"kind": "step", "row": "trifeatures", "pod": pod, "chips": 16, "global_batch": batch,
+                 "per_chip_batch": batch // 16, "capacity_gib": 16, "fits": fits, "compile_s": 1.0}
+        return entry | ({"peak_gib": 2.0} if fits else {"needs_gib": 40.0, "compiler_oom": True})
+
+    text = table_markdown.render([step("v5e-16", 1024, True), step("v5e-16", 8192, False), step("v5e-16", 4096, True)],
+                                 rows=["trifeatures", "large_batch"], pods=["v5e-16", "v4-64"])
+    assert "| trifeatures | 4,096 (256/chip) | none compiled |" in text
+    assert "| large_batch | none compiled | none compiled |" in text
+    assert "refused: needs 40.0" in text
