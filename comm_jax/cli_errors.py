@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 RUN_ERROR = 1     # the run stopped on its files, data or numbers
 USAGE_ERROR = 2   # the command line or the config is wrong
@@ -156,11 +156,12 @@ class _HideOrbaxErrors(logging.Filter):
 
 
 class _StderrFilter:
-    """Passes everything written to file descriptor 2 through, except the traceback blocks ending in
-    `RuntimeError: Event loop is closed` that the checkpoint writer's native callbacks print, one per
-    pending write, once a failed save (a full disk) has closed its event loop; TensorFlow's start-up
-    notices, which its C++ logging prints whatever `TF_CPP_MIN_LOG_LEVEL` says; and its runtime's echo of
-    an input error ("Local rendezvous is aborting with status ...") that the error line reports."""
+    """Passes everything written to file descriptor 2 through, except: once `RuntimeError: Event loop is
+    closed` appears (the checkpoint writer's native callbacks print one traceback per pending write after a
+    failed save, e.g. a full disk, from several threads whose lines interleave), everything after it but the
+    program's own `error: ` line, and the traceback held when it appeared; TensorFlow's start-up notices,
+    which its C++ logging prints whatever `TF_CPP_MIN_LOG_LEVEL` says; and its runtime's echo of an input
+    error ("Local rendezvous is aborting with status ...") that the error line reports."""
 
     NOISE = b"RuntimeError: Event loop is closed"
     STARTUP = (re.compile(rb"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
@@ -178,22 +179,35 @@ class _StderrFilter:
         self.thread = threading.Thread(target=self._pump, name="stderr-filter", daemon=True)
         self.thread.start()
 
-    def _pump(self) -> None:
-        block: list[bytes] = []
-        for line in self.reader:
-            if block:
-                block.append(line)
-                if not line.startswith((b" ", b"\t", b"Traceback")):     # the exception line ends it
-                    if self.NOISE not in line:
-                        os.write(self.saved, b"".join(block))
-                    block = []
+    CONTINUES = (b" ", b"\t", b"\n", b"During handling of the above exception",
+                 b"The above exception was the direct cause")
+
+    @classmethod
+    def passed(cls, lines: Iterable[bytes]) -> Iterator[bytes]:
+        """The lines (or held groups of lines) of `lines` that reach the terminal."""
+        held: list[bytes] = []      # a traceback, passed on when it ends without the noise
+        failed = False              # a save has failed: only the program's error line passes from here on
+        for line in lines:
+            if failed:
+                if line.startswith(b"error: "):
+                    yield line
+            elif cls.NOISE in line:
+                failed, held = True, []
+            elif held:
+                held.append(line)
+                if not line.startswith(cls.CONTINUES) and b"Traceback (most recent call last):" not in line:
+                    yield b"".join(held)        # its exception line: not the noise
+                    held = []
             elif line.startswith((b" ", b"\t")) or b"Traceback (most recent call last):" in line:
-                # a traceback, or the tail of one whose lines another thread's interleaved with
-                block = [line]
-            elif not any(pattern.match(line) for pattern in self.STARTUP):
-                os.write(self.saved, line)
-        if block:
-            os.write(self.saved, b"".join(block))
+                held = [line]       # a traceback, or the tail of one whose lines another thread interleaved
+            elif not any(pattern.match(line) for pattern in cls.STARTUP):
+                yield line
+        if held:
+            yield b"".join(held)
+
+    def _pump(self) -> None:
+        for out in self.passed(self.reader):
+            os.write(self.saved, out)
 
     def close(self) -> None:
         if self.thread.is_alive():

@@ -98,3 +98,28 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
     writer.close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
     assert "train.jsonl:3 is not valid JSON" in capsys.readouterr().err
+
+
+def _traceback(thread: int) -> list[bytes]:
+    return [b"Traceback (most recent call last):\n",
+            f'  File "/lib/asyncio/base_events.py", line 806, in call_soon_threadsafe (writer {thread})\n'.encode(),
+            b"    self._check_closed()\n", b"RuntimeError: Event loop is closed\n"]
+
+
+@pytest.mark.parametrize("interleave", ["one_after_another", "line_by_line", "tail_first"])
+def test_stderr_filter_drops_the_failed_save_tracebacks_however_they_interleave(interleave):
+    """Every line of the checkpoint writer's tracebacks is dropped, in whatever order its threads' lines
+    arrive, while the program's error line, ordinary lines and an unrelated traceback pass."""
+    other = [b"Traceback (most recent call last):\n", b'  File "x.py", line 1, in f\n', b"ValueError: bad\n"]
+    blocks = [_traceback(i) for i in range(3)]
+    if interleave == "one_after_another":
+        noise = [line for block in blocks for line in block]
+    elif interleave == "line_by_line":
+        noise = [block[i] for i in range(4) for block in blocks]
+    else:   # a thread's tail arrives before any traceback header
+        noise = blocks[0][1:] + [line for block in blocks[1:] for line in block] + blocks[0][:1]
+    lines = [b"step 1/30 | loss 4.8\n", *other, *noise, b"    Traceback (most recent call last):\n",
+             b"error: cannot write /w/checkpoints: no space left on device; it resumes from step 2\n"]
+    out = b"".join(cli_errors._StderrFilter.passed(lines)).decode()
+    assert out == ("step 1/30 | loss 4.8\n" + b"".join(other).decode()
+                   + "error: cannot write /w/checkpoints: no space left on device; it resumes from step 2\n")
