@@ -21,7 +21,9 @@ def fake_metrics(method: str, seed: int, biased: bool) -> dict[str, float]:
     value = {"comm": 0.8, "cross": 0.6}[method] + 0.01 * seed
     shifts = ("synergy",) if biased else trifeatures.UNBIASED_SHIFTS
     row = {f"ood/{s}/knn/{f}/auroc": value for s in shifts for f in ("z", "z_image_1", "z_image_2")}
-    row.update({"ood/failure/knn/z/auroc": value - 0.1, "ood/failure/knn/z/aurc": 0.2, "probe/R": 0.9})
+    # Failure prediction on the biased pretraining's own test pairs: not the table's (in-distribution) column.
+    row.update({"ood/failure/knn/z/auroc": 0.99 if biased else value - 0.1, "ood/failure/knn/z/aurc": 0.2,
+                "probe/R": 0.9})
     return row
 
 
@@ -43,6 +45,7 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     assert out["table"]["comm"]["texture_1"]["mean"] == pytest.approx(0.805)
     assert out["table"]["cross"]["synergy"]["std"] == pytest.approx(0.00707, abs=1e-4)
     assert out["table"]["comm"]["texture_1 @z_image_2"]["mean"] == pytest.approx(0.805)
+    assert out["table"]["comm"]["failure AUROC"]["mean"] == pytest.approx(0.705)     # the unbiased run's
     assert "probe/R" not in out["per_seed"]["comm"][0]
     text = (tmp_path / "table.md").read_text()
     assert "| CoMM | 0.805 ± 0.007" in text and "64 px" in text
