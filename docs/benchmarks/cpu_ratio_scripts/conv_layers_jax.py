@@ -2,15 +2,7 @@
 weight gradient jitted separately, plus the weight gradient as per-tap matmuls; CPU-time/wall medians in ms."""
 import time, statistics, os
 import jax, jax.numpy as jnp
-B = int(os.environ.get("B", 32)); N = int(os.environ.get("N", 5))
-SIZES = tuple(int(s) for s in os.environ.get("SIZES", "224,64").split(","))
-LAYERS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))
-def shapes(size):
-    h = size; out = []
-    for i, (ci, co, k, s, p) in enumerate(LAYERS):
-        out.append(h); h = (h + 2 * p - k) // s + 1
-        if i in (0, 1, 4): h = (h - 3) // 2 + 1
-    return out
+from alexnet_layers import B, LAYERS, N, SIZES, shapes
 def conv(x, w, s, p):
     return jax.lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 def wgrad_taps(x, g, k, s, p):

@@ -4,15 +4,7 @@ import time, statistics, os
 import torch
 from torch.nn.grad import conv2d_input, conv2d_weight
 torch.set_num_threads(2)
-B = int(os.environ.get("B", 32)); N = int(os.environ.get("N", 5))
-SIZES = tuple(int(s) for s in os.environ.get("SIZES", "224,64").split(","))
-LAYERS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))
-def shapes(size):
-    h = size; out = []
-    for i, (ci, co, k, s, p) in enumerate(LAYERS):
-        out.append(h); h = (h + 2 * p - k) // s + 1
-        if i in (0, 1, 4): h = (h - 3) // 2 + 1
-    return out
+from alexnet_layers import B, LAYERS, N, SIZES, shapes
 def t(f):
     f(); ws, cs = [], []
     for _ in range(N):
