@@ -158,8 +158,9 @@ class _HideOrbaxErrors(logging.Filter):
 class _StderrFilter:
     """Passes everything written to file descriptor 2 through, except: once `RuntimeError: Event loop is
     closed` appears (the checkpoint writer's native callbacks print one traceback per pending write after a
-    failed save, e.g. a full disk, from several threads whose lines interleave), everything after it but the
-    program's own `error: ` line, and the traceback held when it appeared; TensorFlow's start-up notices,
+    failed save, e.g. a full disk, from several threads whose lines interleave), every traceback-shaped line
+    after it (indented, blank, a traceback header or the noise itself), and the traceback held when it
+    appeared; TensorFlow's start-up notices,
     which its C++ logging prints whatever `TF_CPP_MIN_LOG_LEVEL` says; and its runtime's echo of an input
     error ("Local rendezvous is aborting with status ...") that the error line reports."""
 
@@ -186,10 +187,11 @@ class _StderrFilter:
     def passed(cls, lines: Iterable[bytes]) -> Iterator[bytes]:
         """The lines (or held groups of lines) of `lines` that reach the terminal."""
         held: list[bytes] = []      # a traceback, passed on when it ends without the noise
-        failed = False              # a save has failed: only the program's error line passes from here on
+        failed = False              # a save has failed: no traceback line passes from here on
         for line in lines:
-            if failed:
-                if line.startswith(b"error: "):
+            if failed:      # a save has failed: traceback-shaped lines are the writer threads' noise
+                if not (line.startswith(cls.CONTINUES) or b"Traceback (most recent call last):" in line
+                        or cls.NOISE in line):
                     yield line
             elif cls.NOISE in line:
                 failed, held = True, []

@@ -119,7 +119,8 @@ def test_stderr_filter_drops_the_failed_save_tracebacks_however_they_interleave(
     else:   # a thread's tail arrives before any traceback header
         noise = blocks[0][1:] + [line for block in blocks[1:] for line in block] + blocks[0][:1]
     lines = [b"step 1/30 | loss 4.8\n", *other, *noise, b"    Traceback (most recent call last):\n",
+             b"warning: checkpoint(s) [8] cannot be read\n",
              b"error: cannot write /w/checkpoints: no space left on device; it resumes from step 2\n"]
     out = b"".join(cli_errors._StderrFilter.passed(lines)).decode()
-    assert out == ("step 1/30 | loss 4.8\n" + b"".join(other).decode()
+    assert out == ("step 1/30 | loss 4.8\n" + b"".join(other).decode() + "warning: checkpoint(s) [8] cannot be read\n"
                    + "error: cannot write /w/checkpoints: no space left on device; it resumes from step 2\n")
