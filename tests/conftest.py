@@ -32,8 +32,8 @@ def tfds_dir(tmp_path_factory):
     return data_dir
 
 
-def pytest_sessionfinish(session):
+def pytest_unconfigure(config):
     """The process that made the compilation cache removes it at the end of the run."""
     own = globals().get("_OWN_CACHE")
-    if own and not hasattr(session.config, "workerinput"):
+    if own and not hasattr(config, "workerinput"):
         shutil.rmtree(own, ignore_errors=True)
