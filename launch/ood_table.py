@@ -67,33 +67,45 @@ def columns(score: str) -> list[tuple[str, str]]:
     return cols
 
 
-def summarise(per_seed: dict[str, list[dict[str, float]]], score: str) -> dict[str, dict[str, tuple[float, float]]]:
-    """method -> column -> (mean, std over seeds) of the columns every seed has."""
+def summarise(per_seed: dict[str, list[dict[str, float]]], score: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """method -> column -> (mean, std, number of seeds) over the seeds that have the column.
+
+    Every seed has every column once its runs are evaluated; with `--finished_only` a seed whose biased
+    run is not done yet has no `synergy`, and that cell is the mean of the seeds that have it."""
     table = {}
     for method, rows in per_seed.items():
         table[method] = {}
         for name, key in columns(score):
             values = [row[key] for row in rows if key in row]
-            if len(values) == len(rows):
-                table[method][name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+            if values:
+                table[method][name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
+                                       len(values))
     return table
 
 
-def markdown(table, score: str, res: int, n_seeds: int, crop: float | None = None) -> str:
+def cell(mean: float, std: float, n: int, seeds: int) -> str:
+    """`mean ± std` over n > 1 seeds, the value alone for one seed, `(n=k)` where fewer than the row's seeds."""
+    text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+    return text + (f" (n={n})" if n < seeds else "")
+
+
+def markdown(table, score: str, res: int, crop: float | None = None) -> str:
     names = [name for name, _ in columns(score) if any(name in row for row in table.values())]
     lines = [f"AUROC of `{score}` (ID test vs each shift; 0.5 is chance), Bimodal Trifeatures at {res} px"
-             + (f" (SimCLR crops from {crop:.0%} of the area)" if crop is not None else "") + f", CPU "
-             f"variant, mean ± std over {n_seeds} seed(s). `@z_image_k`: the score on image k's own Z; `synergy` "
-             "after pretraining on M-biased pairs; failure: predicting the texture-1 probe's errors (AURC: lower "
-             "is better).", "", "| method | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+             + (f" (SimCLR crops from {crop:.0%} of the area)" if crop is not None else "") + ", CPU "
+             "variant, mean ± std over the seeds (a single value: one seed; `(n=k)`: the cell has k of the row's "
+             "seeds). `@z_image_k`: the score on image k's own Z; `synergy` after pretraining on M-biased pairs; "
+             "failure: predicting the texture-1 probe's errors (AURC: lower is better).", "",
+             "| method | seeds | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
     for method, row in table.items():
-        cells = [f"{row[n][0]:.3f} ± {row[n][1]:.3f}" if n in row else "-" for n in names]
-        lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+        seeds = max((v[2] for v in row.values()), default=0)
+        cells = [cell(*row[n], seeds) if n in row else "-" for n in names]
+        lines.append(f"| {NAMES.get(method, method)} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def best_scores(per_seed: dict[str, list[dict[str, float]]], feature: str = "z") -> dict[str, dict[str, tuple[str, float]]]:
-    """method -> shift -> (the score with the highest mean AUROC on `feature` over seeds, that AUROC)."""
+    """method -> shift -> (the score with the highest mean AUROC on `feature` over the seeds that have it, that AUROC)."""
     best = {}
     for method, rows in per_seed.items():
         means: dict[tuple[str, str], list[float]] = {}
@@ -104,7 +116,7 @@ def best_scores(per_seed: dict[str, list[dict[str, float]]], feature: str = "z")
                     means.setdefault((parts[1], parts[2]), []).append(value)
         best[method] = {}
         for (shift, score), values in means.items():
-            if len(values) == len(rows):
+            if values:
                 mean = statistics.mean(values)
                 if shift not in best[method] or mean > best[method][shift][1]:
                     best[method][shift] = (score, mean)
@@ -155,7 +167,7 @@ def main() -> None:
     parser.add_argument("--score", default="knn", help="the score of the table (every score is kept in the JSON)")
     runs.add_override_flags(parser)
     parser.add_argument("--finished_only", action="store_true",
-                        help="write the table of the runs already evaluated (a column only where every seed has it); "
+                        help="write the table of the runs already evaluated (each cell over the seeds that have it); "
                              "train and evaluate nothing")
     args = parser.parse_args()
 
@@ -176,14 +188,14 @@ def main() -> None:
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
         json.dump({"res": args.res, "crop": args.crop, "seeds": args.seeds, "score": args.score, "per_seed": per_seed,
-                   "table": {m: {c: {"mean": v[0], "std": v[1]} for c, v in row.items()} for m, row in table.items()},
+                   "table": {m: {c: {"mean": v[0], "std": v[1], "seeds": v[2]} for c, v in row.items()} for m, row in table.items()},
                    "best_score_on_z": {m: {s: {"score": v[0], "auroc": v[1]} for s, v in row.items()}
                                        for m, row in best_scores(per_seed).items()},
                    "command": " ".join(sys.argv), "commit": commit,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "cores": os.cpu_count(), "wall_minutes": round((time.time() - started) / 60, 1)}, f, indent=2)
     best = best_scores(per_seed)
-    text = markdown(table, args.score, args.res, args.seeds, args.crop) + "\n" + best_markdown(best)
+    text = markdown(table, args.score, args.res, args.crop) + "\n" + best_markdown(best)
     with open(os.path.join(args.root, "table.md"), "w") as f:
         f.write(text)
     bar_chart(table, args.score, os.path.join(args.root, "table.png"))

@@ -48,7 +48,8 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     assert out["table"]["comm"]["failure AUROC"]["mean"] == pytest.approx(0.705)     # the unbiased run's
     assert "probe/R" not in out["per_seed"]["comm"][0]
     text = (tmp_path / "table.md").read_text()
-    assert "| CoMM | 0.805 ± 0.007" in text and "64 px" in text
+    assert "| CoMM | 2 | 0.805 ± 0.007 |" in text and "64 px" in text
+    assert not any("(n=" in line for line in text.splitlines() if line.startswith("| C"))   # every seed has every cell
 
     calls.clear()
     driver.main()             # every run done and evaluated: nothing runs again
@@ -66,21 +67,30 @@ def test_crop_reaches_the_pretraining_config(driver):
 
 
 def test_finished_only_tables_what_is_evaluated_and_runs_nothing(driver, tmp_path, monkeypatch):
-    for method, biased in (("comm", False), ("comm", True), ("cross", False)):
-        workdir = tmp_path / f"{method}-seed0-{'biased' if biased else 'unbiased'}"
+    for method, seed, biased in (("comm", 0, False), ("comm", 0, True), ("comm", 1, False), ("cross", 0, False)):
+        workdir = tmp_path / f"{method}-seed{seed}-{'biased' if biased else 'unbiased'}"
         (workdir / "metrics").mkdir(parents=True)
         mark_complete(str(workdir), 30)
-        (workdir / "metrics" / "eval.jsonl").write_text(json.dumps({"step": 30, **fake_metrics(method, 0, biased)}) + "\n")
+        (workdir / "metrics" / "eval.jsonl").write_text(
+            json.dumps({"step": 30, **fake_metrics(method, seed, biased)}) + "\n")
     monkeypatch.setattr(driver.runs, "run", lambda cmd: pytest.fail(f"ran {cmd}"))
     monkeypatch.setattr(driver.runs, "check_same_run", lambda *a: None)
     monkeypatch.setattr(driver, "bar_chart", lambda table, score, path: open(path, "w").close())
     monkeypatch.setattr(sys, "argv", ["ood_table.py", f"--root={tmp_path}", "--methods=comm,cross,cross_self",
-                                      "--finished_only"])
+                                      "--seeds=2", "--finished_only"])
     driver.main()
     table = json.loads((tmp_path / "table.json").read_text())["table"]
     assert set(table) == {"comm", "cross"}                       # cross_self has no finished run
-    assert "synergy" in table["comm"] and "synergy" not in table["cross"]
-    assert table["cross"]["texture_1"]["mean"] == pytest.approx(0.6)
+    assert "synergy" not in table["cross"]
+    # Each cell is over the seeds that have it: seed 1's biased run is not done, so synergy has seed 0 only.
+    assert table["comm"]["texture_1"] == {"mean": pytest.approx(0.805), "std": pytest.approx(0.00707, abs=1e-4),
+                                          "seeds": 2}
+    assert table["comm"]["synergy"] == {"mean": pytest.approx(0.8), "std": 0.0, "seeds": 1}
+    assert table["cross"]["texture_1"] == {"mean": pytest.approx(0.6), "std": 0.0, "seeds": 1}
+    text = (tmp_path / "table.md").read_text()
+    comm_line = next(line for line in text.splitlines() if line.startswith("| CoMM | 2 |"))
+    assert "| 0.805 ± 0.007 |" in comm_line and "| 0.800 (n=1) |" in comm_line
+    assert "| Cross (CLIP-style) | 1 | 0.600 |" in text
 
 
 def test_best_score_per_shift_is_the_highest_mean_auroc_on_z(driver):
