@@ -1,13 +1,17 @@
-"""Test setup: 8 fake CPU devices for sharding tests, set before JAX initialises."""
+"""Test setup, before JAX initialises: 8 fake CPU devices for sharding tests and the test XLA flags
+(tests/xla_env.py)."""
 
 import os
+import re
 import shutil
 import tempfile
 
+from tests.xla_env import xla_flags
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+_devices = re.search(r"xla_force_host_platform_device_count=(\d+)", _flags)
+os.environ["XLA_FLAGS"] = xla_flags(int(_devices.group(1)) if _devices else 8, _flags)
 
 
 # One persistent XLA compilation cache per test run, made by the controller before it starts the xdist

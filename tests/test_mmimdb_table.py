@@ -12,12 +12,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import mmimdb_table  # noqa: E402
 from comm_jax import extract_features  # noqa: E402
 from tests import mmimdb_fakes as fakes  # noqa: E402
+from tests.xla_env import xla_flags  # noqa: E402
 
 
 def test_table_probes_frozen_features_trains_comm_and_reads_finished_runs(tmp_path, capsys, monkeypatch):
     # The driver's training and evaluation processes run on one CPU device (compiling for 8 fake ones
     # would take most of the test's time).
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(1))
     fakes.write_original(str(tmp_path / "manual"))
     features = str(tmp_path / "features")
     extract_features.extract(fakes.FakeClipTowers(), output=features, manual_dir=str(tmp_path / "manual"),

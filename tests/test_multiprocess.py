@@ -22,6 +22,7 @@ from comm_jax.checkpoints import CheckpointStore, mark_complete
 from comm_jax.mesh import make_mesh
 from comm_jax.train_state import create_train_state
 from configs import trifeatures
+from tests.xla_env import env_with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -42,10 +43,6 @@ def command(workdir, data_dir, *extra):
             f"--config.data.data_dir={data_dir}", "--config.batch_size=16", "--config.model.width=32",
             "--config.model.head_hidden=32", "--config.model.head_out=16", f"--config.num_steps={STEPS}",
             "--config.log_every=1", f"--config.ckpt_every={STEPS}", *extra]
-
-
-def env_with_devices(n):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
 
 
 def final_params(workdir):
@@ -74,16 +71,23 @@ def test_two_processes_match_one_process(tmp_path, tfds_dir, on_device):
                                capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    address = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen(command(multi, tfds_dir, augment, f"--coordinator_address={address}",
-                                      "--num_processes=2", f"--process_id={i}"),
-                              cwd=ROOT, env=env_with_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    logs = tmp_path / "logs"
+    procs = _start_two(multi, tfds_dir, logs, augment, devices=2)
+    holders = set()          # the trainer lease's pid, polled while the job runs
+    deadline = time.time() + 600
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        record = lease.read_record(lease.lease_path(multi))
+        if record is not None:
+            holders.add(record["pid"])
+        time.sleep(0.05)
+    errors = _wait(procs, logs)
+    for p, err in zip(procs, errors):
         assert p.returncode == 0, err[-3000:]
-    assert "on 4 device(s)" in outputs[0][0]
-    assert "step 1/" in outputs[0][0] and "step 1/" not in outputs[1][0]   # only process 0 reports
+    outputs = [(logs / f"{i}.out").read_text() for i in range(2)]
+    assert "on 4 device(s)" in outputs[0]
+    assert "step 1/" in outputs[0] and "step 1/" not in outputs[1]         # only process 0 reports
+    assert holders == {procs[0].pid}       # the lease taken once, by process 0, for the whole run
+    assert not os.path.exists(lease.lease_path(multi))      # and released at the end
 
     if on_device:
         # Each example's key travels with it, so both topologies draw the same views, equal up to float
@@ -177,23 +181,25 @@ def test_incomplete_multiprocess_flags_are_refused(tmp_path, program):
 
 # ---------------------------------------------------------------- the trainer lease of a two-process job
 
-def _start_two(workdir, data_dir, logs, *extra):
-    """Two processes of one job; their stderr goes to files in `logs` (a pipe left unread could fill)."""
+def _start_two(workdir, data_dir, logs, *extra, devices=1):
+    """Two processes of one job, `devices` fake CPU devices each; their stdout and stderr go to files in
+    `logs` (a pipe left unread could fill)."""
     address = f"127.0.0.1:{free_port()}"
     logs.mkdir(exist_ok=True)
     return [subprocess.Popen(command(workdir, data_dir, f"--coordinator_address={address}", "--num_processes=2",
                                      f"--process_id={i}", *extra),
-                             cwd=ROOT, env=env_with_devices(1), stdout=subprocess.DEVNULL,
+                             cwd=ROOT, env=env_with_devices(devices), stdout=open(logs / f"{i}.out", "w"),
                              stderr=open(logs / f"{i}.err", "w")) for i in range(2)]
 
 
 def _wait(procs, logs):
     for p in procs:
-        p.wait(timeout=300)
+        p.wait(timeout=600)
     return [(logs / f"{i}.err").read_text() for i in range(len(procs))]
 
 
-def test_two_process_job_is_refused_by_a_held_lease_and_takes_it_once_as_process_0(tmp_path, tfds_dir):
+def test_two_process_job_is_refused_by_a_held_lease(tmp_path, tfds_dir):
+    # A two-process job holds the lease once, as process 0: test_two_processes_match_one_process.
     workdir = str(tmp_path / "w")
     held = lease.acquire(workdir, interval=0.5)
     try:
@@ -205,16 +211,3 @@ def test_two_process_job_is_refused_by_a_held_lease_and_takes_it_once_as_process
         assert p.returncode != 0, err[-2000:]
         assert f"is in use by another trainer (pid {os.getpid()}" in err, err[-2000:]
     assert os.listdir(workdir) == []       # nothing written; the holder's lease file removed by its stop()
-
-    procs = _start_two(workdir, tfds_dir, tmp_path / "job", f"--config.num_steps={STEPS * 3}")
-    holders = set()
-    deadline = time.time() + 300
-    while any(p.poll() is None for p in procs) and time.time() < deadline:
-        record = lease.read_record(lease.lease_path(workdir))
-        if record is not None:
-            holders.add(record["pid"])
-        time.sleep(0.05)
-    for p, err in zip(procs, _wait(procs, tmp_path / "job")):
-        assert p.returncode == 0, err[-2000:]
-    assert holders == {procs[0].pid}       # taken once, by process 0, for the whole run
-    assert not os.path.exists(lease.lease_path(workdir))    # and released at the end

@@ -15,9 +15,10 @@ import pytest
 
 from comm_jax.lease import HeartbeatFile
 from comm_jax.retention import watcher_path
+from tests.xla_env import env_with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+ENV = env_with_devices(1)
 STEPS = 8
 
 

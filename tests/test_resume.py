@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from tests.xla_env import env_with_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,7 +25,7 @@ def train_cmd(workdir, data_dir, *overrides):
 
 
 # Two fake devices: the batch is still sharded, and compiling is faster than with eight.
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+ENV = env_with_devices(2)
 
 
 def committed_steps(workdir):
