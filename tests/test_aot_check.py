@@ -115,12 +115,15 @@ def test_roofline_memory_fit_and_out_of_memory_arithmetic():
     assert "about 448 (28 per chip)" in roofline.advice(32.0, 16.0, 1024, 16, 2.0)
 
 
-@pytest.mark.parametrize("state,per_example,superlinear", [(1.0, 0.03, 0.0), (2.0, 0.02, 1e-5), (0.5, 0.5, 0.0)],
-                         ids=["linear", "superlinear_beyond_the_limit", "few_per_chip"])
-def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, state, per_example, superlinear):
+@pytest.mark.parametrize("state,per_example,superlinear,stated", [
+    (1.0, 0.03, 0.0, (64,)), (2.0, 0.02, 1e-5, (64,)), (0.5, 0.5, 0.0, (8,)),
+    (2.0, 0.02, 1e-5, (64, 1024)), (1.0, 0.03, 0.0, (1024, 4096))],
+    ids=["linear", "superlinear_beyond_the_limit", "few_per_chip", "from_a_bracket", "from_two_refused"])
+def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, state, per_example, superlinear, stated):
     """The search, on a fake compiler whose memory is state + per_example * b + superlinear * b^3 GiB
-    (refused above the chip's usable memory, reporting what it needs), ends with a fitting size within
-    1/8 (or 8) of a refused one, or fitting within 8 of the true limit, in at most its compile budget."""
+    (refused above the chip's usable memory, reporting what it needs), started from the compiles of the
+    stated per-chip batches, ends with a fitting size within 1/8 (or 8) of a refused one, or fitting within
+    8 of the true limit, in at most its compile budget, never compiling outside the known bracket."""
     from comm_jax.aot_check import table as pod_table
 
     capacity = 16.0
@@ -137,12 +140,15 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
 
     limit = max(b for b in range(1, 4096) if memory(b) <= usable)
     book = pod_table.Table(str(tmp_path / "plans.json"))
-    first = compile_case(64 if memory(64) <= usable else 8) | {"kind": "step", "row": "r", "pod": "p"}
-    pod_table.largest_batch(book, "r", pods.Pod("p", "v5e:4x4"), [None] * 16, first, compile_case=compile_case)
+    known = [compile_case(b) | {"kind": "step", "row": "r", "pod": "p"} for b in stated]
+    pod_table.largest_batch(book, "r", pods.Pod("p", "v5e:4x4"), [None] * 16, known, compile_case=compile_case)
     searched = [e for e in book.entries if e.get("search") == "largest"]
     assert 1 <= len(searched) <= pod_table.SEARCH_COMPILES
-    fitting = [e["per_chip_batch"] for e in searched + [first] if e["fits"]]
-    refused = [e["per_chip_batch"] for e in searched if not e["fits"]]
+    fits_at = max((e["per_chip_batch"] for e in known if e["fits"]), default=0)
+    refused_at = min((e["per_chip_batch"] for e in known if not e["fits"]), default=None)
+    assert all(fits_at < e["per_chip_batch"] < (refused_at or 10**9) for e in searched)
+    fitting = [e["per_chip_batch"] for e in searched + known if e["fits"]]
+    refused = [e["per_chip_batch"] for e in searched + known if not e["fits"]]
     best = max(fitting)
     assert best <= limit and all(r > limit for r in refused)
     assert limit - best <= max(8, best // pod_table.SEARCH_WITHIN) or (
@@ -157,8 +163,10 @@ def test_table_markdown_shows_the_largest_fitting_batch_and_the_cases_not_compil
                  "per_chip_batch": batch // 16, "capacity_gib": 16, "fits": fits, "compile_s": 1.0}
         return entry | ({"peak_gib": 2.0} if fits else {"needs_gib": 40.0, "compiler_oom": True})
 
-    text = table_markdown.render([step("v5e-16", 1024, True), step("v5e-16", 8192, False), step("v5e-16", 4096, True)],
+    refused_only = step("v4-64", 16384, False) | {"row": "large_batch"}
+    text = table_markdown.render([step("v5e-16", 1024, True), step("v5e-16", 8192, False), step("v5e-16", 4096, True),
+                                  step("v5e-16", 16384, False), refused_only],
                                  rows=["trifeatures", "large_batch"], pods=["v5e-16", "v4-64"])
-    assert "| trifeatures | 4,096 (256/chip) | none compiled |" in text
-    assert "| large_batch | none compiled | none compiled |" in text
+    assert "| trifeatures | 4,096 (256/chip); 8,192 refused | none compiled |" in text
+    assert "| large_batch | none compiled | none fits (16,384 refused) |" in text
     assert "refused: needs 40.0" in text

@@ -168,16 +168,22 @@ def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None
     return guess if guess > (fits_at or 0) and (refused_at is None or guess < refused_at) else None
 
 
-def largest_batch(table: Table, row: str, pod: pods.Pod, devices, first: dict[str, Any],
+def largest_batch(table: Table, row: str, pod: pods.Pod, devices, known: Sequence[dict[str, Any]],
                   compile_case: Callable[[int], dict[str, Any]] | None = None) -> None:
-    """The largest per-chip batch that compiles and fits, searched from the first compile: the linear
-    prediction, then bisection between the largest fitting and smallest refused sizes, at most
-    `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` of each other."""
+    """The largest per-chip batch that compiles and fits, searched from the compiles already made
+    (`known`: the row's stated batches): the linear prediction from the largest fitting one (or what the
+    smallest refused one needed), then bisection between the largest fitting and smallest refused sizes,
+    at most `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` of each other."""
     chips = len(devices)
     compile_case = compile_case or (lambda per_chip: compile_row(row, pod, devices, per_chip * chips))
-    fits_at = first["per_chip_batch"] if first["fits"] else None
-    refused_at = None if first["fits"] else first["per_chip_batch"]
-    last = first
+    fitting = [e for e in known if e["fits"]]
+    refused = [e for e in known if not e["fits"]]
+    fits_at = max((e["per_chip_batch"] for e in fitting), default=None)
+    refused_at = min((e["per_chip_batch"] for e in refused), default=None)
+    if fits_at and refused_at and refused_at - fits_at <= max(8, fits_at // SEARCH_WITHIN):
+        return
+    last = (max(fitting, key=lambda e: e["per_chip_batch"]) if fitting
+            else min(refused, key=lambda e: e["per_chip_batch"]))
     for _ in range(SEARCH_COMPILES):
         guess = next_guess(last, fits_at, refused_at)
         if guess is None:
@@ -204,19 +210,16 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
                               lambda: compile_loss(impl, pod, devices, batch))
     # Every (row, pod) at its stated batches first, then the largest-batch searches: an interrupted run
     # has the whole grid at the default batch before it spends compiles on any search.
-    firsts = []
+    searches = []
     for row in (r for r in rows if r in ROWS):
         _, _, per_chip, batches = ROWS[row]
         for pod, devices in targets:
-            for batch in batches:
-                table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": batch},
-                          lambda: compile_row(row, pod, devices, batch))
-            if per_chip:
-                first = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": per_chip * len(devices)},
-                                  lambda: compile_row(row, pod, devices, per_chip * len(devices)))
-                firsts.append((row, pod, devices, first))
-    for row, pod, devices, first in firsts:
-        largest_batch(table, row, pod, devices, first)
+            stated = list(batches) + ([per_chip * len(devices)] if per_chip else [])
+            known = [table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": batch},
+                               lambda: compile_row(row, pod, devices, batch)) for batch in stated]
+            searches.append((row, pod, devices, known))
+    for row, pod, devices, known in searches:
+        largest_batch(table, row, pod, devices, known)
     return table
 
 

@@ -30,17 +30,23 @@ def _gib(entry: dict[str, Any]) -> str:
 
 def _largest(entries: Sequence[dict[str, Any]], rows: Sequence[str] = (), pods: Sequence[str] = ()) -> list[str]:
     pods = list(dict.fromkeys([*pods, *(e["pod"] for e in entries)]))
-    lines = ["## Largest global batch per pod (compiled and fitting)", "",
+    lines = ["## Largest global batch per pod (compiled and fitting; the smallest refused batch above it)", "",
              "| config | " + " | ".join(pods) + " |", "|---|" + "---|" * len(pods)]
     for row in dict.fromkeys([*rows, *(e["row"] for e in entries if e["kind"] == "step")]):
         cells = []
         for pod in pods:
-            fitting = [e for e in entries if e["row"] == row and e["pod"] == pod and e["fits"]]
-            best = max(fitting, key=lambda e: e["global_batch"], default=None)
-            cells.append("none compiled" if best is None else f"{best['global_batch']:,} ({best['per_chip_batch']}/chip)")
+            cases = [e for e in entries if e["kind"] == "step" and e["row"] == row and e["pod"] == pod]
+            best = max((e for e in cases if e["fits"]), key=lambda e: e["global_batch"], default=None)
+            above = min((e["global_batch"] for e in cases if not e["fits"]
+                         and (best is None or e["global_batch"] > best["global_batch"])), default=None)
+            if best is None:
+                cells.append(f"none fits ({above:,} refused)" if above else "none compiled")
+            else:
+                cells.append(f"{best['global_batch']:,} ({best['per_chip_batch']}/chip)"
+                             + (f"; {above:,} refused" if above else ""))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return lines + ["", "Each pod's largest batch is searched by compiling, from the first compile: the "
-                        "linear prediction from the last fitting compile, then bisection between the largest "
+    return lines + ["", "Each pod's largest batch is searched by compiling, from the compiles at the row's "
+                        "stated batches: the linear prediction from the last fitting compile, then bisection between the largest "
                         "fitting and the smallest refused size (multiples of 8 per chip), at most 6 compiles, "
                         "stopping when the two are within 1/8 of each other; the true limit lies below the "
                         "smallest refused size in the table of every step.", ""]
