@@ -151,7 +151,7 @@ def bar_chart(table, score: str, path: str) -> None:
     ax.set_xticks(np.arange(len(shifts)), shifts, rotation=30, ha="right")
     ax.set_ylabel(f"AUROC ({score}, fused Z)")
     ax.set_ylim(0, 1.05)
-    ax.legend(frameon=False, ncol=len(table), loc="lower center")
+    ax.legend(frameon=False, ncol=len(table), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
