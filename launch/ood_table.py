@@ -116,10 +116,9 @@ def best_scores(per_seed: dict[str, list[dict[str, float]]], feature: str = "z")
                     means.setdefault((parts[1], parts[2]), []).append(value)
         best[method] = {}
         for (shift, score), values in means.items():
-            if values:
-                mean = statistics.mean(values)
-                if shift not in best[method] or mean > best[method][shift][1]:
-                    best[method][shift] = (score, mean)
+            mean = statistics.mean(values)
+            if shift not in best[method] or mean > best[method][shift][1]:
+                best[method][shift] = (score, mean)
     return best
 
 
