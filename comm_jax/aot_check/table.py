@@ -151,15 +151,20 @@ SEARCH_WITHIN = 8          # stop once the refused size is within 1/8 of the fit
 def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None) -> int | None:
     """The next per-chip batch to compile (a multiple of 8 when 8 or more), or None when the search is done.
     After a fitting compile: the linear prediction from it (memory beyond the state grows about linearly
-    below the limit), kept under the smallest refused size. After a refusal: the geometric midpoint of the
-    largest fitting and the smallest refused size, or, with nothing fitting yet, the prediction from what
-    the refused compile needed, kept under half of it."""
+    below the limit), kept under the smallest refused size; when that predicts nothing larger and nothing
+    has been refused yet, the next size up (8 more per chip), so the result is bracketed by a refusal
+    rather than by the prediction. After a refusal: the geometric midpoint of the largest fitting and the
+    smallest refused size, or, with nothing fitting yet, the prediction from what the refused compile
+    needed, kept under half of it."""
     if last["fits"]:
         guess = predicted_max_per_chip(last) or 0
         if refused_at is not None:
             guess = min(guess, refused_at - 8)
         if guess <= (fits_at or 0):
-            guess = int(math.sqrt(fits_at * refused_at)) if fits_at and refused_at else 0
+            if fits_at and refused_at:
+                guess = int(math.sqrt(fits_at * refused_at))
+            else:
+                return fits_at + 8 if fits_at >= 8 else fits_at + 1
     elif fits_at:
         guess = int(math.sqrt(fits_at * refused_at))
     else:
@@ -173,7 +178,8 @@ def largest_batch(table: Table, row: str, pod: pods.Pod, devices, known: Sequenc
     """The largest per-chip batch that compiles and fits, searched from the compiles already made
     (`known`: the row's stated batches): the linear prediction from the largest fitting one (or what the
     smallest refused one needed), then bisection between the largest fitting and smallest refused sizes,
-    at most `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` of each other."""
+    at most `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` (or 8 per chip) of
+    each other, so every finished search names a refused size just above its largest fitting one."""
     chips = len(devices)
     compile_case = compile_case or (lambda per_chip: compile_row(row, pod, devices, per_chip * chips))
     fitting = [e for e in known if e["fits"]]
