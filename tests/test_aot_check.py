@@ -115,13 +115,16 @@ def test_roofline_memory_fit_and_out_of_memory_arithmetic():
     assert "about 448 (28 per chip)" in roofline.advice(32.0, 16.0, 1024, 16, 2.0)
 
 
-@pytest.mark.parametrize("state,per_example,superlinear,stated", [
-    (1.0, 0.03, 0.0, (64,)), (2.0, 0.02, 1e-5, (64,)), (0.5, 0.5, 0.0, (8,)),
-    (2.0, 0.02, 1e-5, (64, 1024)), (1.0, 0.03, 0.0, (1024, 4096))],
-    ids=["linear", "superlinear_beyond_the_limit", "few_per_chip", "from_a_bracket", "from_two_refused"])
-def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, state, per_example, superlinear, stated):
+@pytest.mark.parametrize("state,per_example,superlinear,knee,stated", [
+    (1.0, 0.03, 0.0, None, (64,)), (2.0, 0.02, 1e-5, None, (64,)), (0.5, 0.5, 0.0, None, (8,)),
+    (2.0, 0.02, 1e-5, None, (64, 1024)), (1.0, 0.03, 0.0, None, (1024, 4096)), (2.0, 0.4, 0.0, 24, (16,))],
+    ids=["linear", "superlinear_beyond_the_limit", "few_per_chip", "from_a_bracket", "from_two_refused",
+         "sublinear_beyond_a_knee"])
+def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, state, per_example, superlinear, knee,
+                                                                   stated):
     """The search, on a fake compiler whose memory is state + per_example * b + superlinear * b^3 GiB
-    (refused above the chip's usable memory, reporting what it needs), started from the compiles of the
+    (beyond `knee` per chip, a tenth of the per-example slope: the compiler recomputing instead of storing),
+    refused above the chip's usable memory and reporting what it needs, started from the compiles of the
     stated per-chip batches, ends with a fitting size within 1/8 (or 8) of a refused one in at most its
     compile budget, never compiling outside the known bracket."""
     from comm_jax.aot_check import table as pod_table
@@ -130,7 +133,8 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
     usable = capacity * roofline.USABLE_FRACTION
 
     def memory(b):
-        return state + per_example * b + superlinear * b ** 3
+        linear = per_example * b if knee is None or b <= knee else per_example * (knee + (b - knee) / 10)
+        return state + linear + superlinear * b ** 3
 
     def compile_case(b):
         used = memory(b)

@@ -8,6 +8,7 @@ compiled; a rerun skips the cases already there.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -136,6 +137,8 @@ class Table:
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         self.entries.append(entry)
         self.save()
+        jax.clear_caches()   # each case's executables: a long table otherwise grows by gigabytes of host memory
+        gc.collect()
         return entry
 
     def save(self) -> None:
@@ -144,32 +147,40 @@ class Table:
             json.dump({"jax": jax.__version__, "entries": self.entries}, f, indent=1)
 
 
-SEARCH_COMPILES = 6        # compiles spent on each (row, pod)'s largest batch after the first
+SEARCH_COMPILES = 8        # compiles spent on each (row, pod)'s largest batch after the first
 SEARCH_WITHIN = 8          # stop once the refused size is within 1/8 of the fitting one (or 8 per chip)
 
 
-def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None) -> int | None:
-    """The next per-chip batch to compile (a multiple of 8 when 8 or more), or None when the search is done.
+def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None, fitted: int = 0) -> int | None:
+    """The next per-chip batch to compile (a multiple of 8 when 8 or more), or None when the search is done;
+    `fitted`: how many of the search's own compiles have fitted so far.
     After a fitting compile: the linear prediction from it (memory beyond the state grows about linearly
-    below the limit), kept under the smallest refused size; when that predicts nothing larger and nothing
-    has been refused yet, the next size up (8 more per chip), so the result is bracketed by a refusal
-    rather than by the prediction. After a refusal: the geometric midpoint of the largest fitting and the
-    smallest refused size, or, with nothing fitting yet, the prediction from what the refused compile
-    needed, kept under half of it."""
+    below the limit), kept under the smallest refused size. With nothing refused yet, the prediction is
+    trusted once: after a search compile has fitted, a prediction above it is raised to twice the largest
+    fitting size, and a prediction of nothing larger becomes one step up (1/`SEARCH_WITHIN`, at least 8
+    per chip), or twice the largest fitting size once two have fitted (near its limit the compiler trades
+    memory for recomputation, so memory grows slower than linearly there). After a refusal: the
+    geometric midpoint of the largest fitting and the smallest refused size, or, with nothing fitting
+    yet, the prediction from what the refused compile needed, kept under half of it."""
     if last["fits"]:
         guess = predicted_max_per_chip(last) or 0
         if refused_at is not None:
             guess = min(guess, refused_at - 8)
-        if guess <= (fits_at or 0):
-            if fits_at and refused_at:
+            if guess <= fits_at:
                 guess = int(math.sqrt(fits_at * refused_at))
-            else:
-                return fits_at + 8 if fits_at >= 8 else fits_at + 1
+        elif guess > fits_at:
+            guess = max(guess, 2 * fits_at) if fitted >= 1 else guess
+        elif fitted >= 2:
+            guess = 2 * fits_at
+        else:
+            guess = fits_at + max(8, fits_at // SEARCH_WITHIN) if fits_at >= 8 else fits_at + 1
     elif fits_at:
         guess = int(math.sqrt(fits_at * refused_at))
     else:
         guess = min(predicted_max_per_chip(last) or 0, refused_at // 2)
     guess = guess // 8 * 8 if guess >= 8 else guess
+    if fits_at and refused_at and guess <= fits_at:   # the midpoint rounded down onto the fitting size
+        guess = fits_at + 8 if fits_at >= 8 else fits_at + 1
     return guess if guess > (fits_at or 0) and (refused_at is None or guess < refused_at) else None
 
 
@@ -190,13 +201,15 @@ def largest_batch(table: Table, row: str, pod: pods.Pod, devices, known: Sequenc
         return
     last = (max(fitting, key=lambda e: e["per_chip_batch"]) if fitting
             else min(refused, key=lambda e: e["per_chip_batch"]))
+    fitted = 0
     for _ in range(SEARCH_COMPILES):
-        guess = next_guess(last, fits_at, refused_at)
+        guess = next_guess(last, fits_at, refused_at, fitted)
         if guess is None:
             return
         last = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": guess * chips,
                           "search": "largest"}, lambda: compile_case(guess))
         if last["fits"]:
+            fitted += 1
             fits_at = max(fits_at or 0, guess)
         else:
             refused_at = min(refused_at or guess, guess)
