@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from comm_jax.aot_check import collectives, pods, roofline
+from comm_jax.aot_check import collectives, pods, roofline, search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config=configs/trifeatures.py:cpu", "--config.model.width=32", "--config.model.head_hidden=32",
@@ -127,7 +127,7 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
     refused above the chip's usable memory and reporting what it needs, started from the compiles of the
     stated per-chip batches, ends with a fitting size within 1/8 (or 8) of a refused one in at most its
     compile budget, never compiling outside the known bracket."""
-    from comm_jax.aot_check import table as pod_table
+    from comm_jax.aot_check import table as pod_table   # its Table records the search's compiles
 
     capacity = 16.0
     usable = capacity * roofline.USABLE_FRACTION
@@ -145,9 +145,9 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
     limit = max(b for b in range(1, 4096) if memory(b) <= usable)
     book = pod_table.Table(str(tmp_path / "plans.json"))
     known = [compile_case(b) | {"kind": "step", "row": "r", "pod": "p"} for b in stated]
-    pod_table.largest_batch(book, "r", pods.Pod("p", "v5e:4x4"), [None] * 16, known, compile_case=compile_case)
+    search.largest_batch(book, "r", "p", 16, known, compile_case)
     searched = [e for e in book.entries if e.get("search") == "largest"]
-    assert 1 <= len(searched) <= pod_table.SEARCH_COMPILES
+    assert 1 <= len(searched) <= search.SEARCH_COMPILES
     fits_at = max((e["per_chip_batch"] for e in known if e["fits"]), default=0)
     refused_at = min((e["per_chip_batch"] for e in known if not e["fits"]), default=None)
     assert all(fits_at < e["per_chip_batch"] < (refused_at or 10**9) for e in searched)
@@ -155,7 +155,7 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
     refused = [e["per_chip_batch"] for e in searched + known if not e["fits"]]
     best = max(fitting)
     assert best <= limit and all(r > limit for r in refused)
-    assert refused and min(refused) - best <= max(8, best // pod_table.SEARCH_WITHIN)
+    assert refused and min(refused) - best <= max(8, best // search.SEARCH_WITHIN)
 
 
 def test_table_markdown_shows_the_largest_fitting_batch_and_the_cases_not_compiled():

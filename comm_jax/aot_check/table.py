@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -19,6 +18,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from comm_jax.aot_check import pods, roofline
+from comm_jax.aot_check.search import largest_batch
 from comm_jax.aot_check import plan as planning
 
 PODS = ("v5e-16", "v4-64", "v5p-128", "v5e-256")
@@ -32,6 +32,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], int | None, tuple[int, ...]]] = {
                                                "param_sharding": FSDP_RULES}, 16, ()),
     "large_batch": ("trifeatures.py", {"precision": "bfloat16"}, None, (16_384, 65_536)),
 }
+# sharding variants, compiled at their stated batch beside the row they vary; no largest-batch search
+NOT_SEARCHED = ("fusion_heavy_fsdp4",)
 LOSS_BATCHES = (16_384, 65_536)
 LOSS_EMBEDDINGS, LOSS_DIM = 3, 256        # CoMM on two modalities: n + 1 embeddings of the head's 256
 
@@ -97,18 +99,6 @@ def compile_loss(impl: str, pod: pods.Pod, devices, global_batch: int) -> dict[s
         return entry | _summary(error.report)
 
 
-def predicted_max_per_chip(entry: dict[str, Any]) -> int | None:
-    """Largest per-chip batch if memory beyond the state grows linearly with it, rounded down to a
-    multiple of 8, from one compiled (or refused) point."""
-    used = entry.get("peak_gib", entry.get("needs_gib"))
-    state = entry.get("state_gib", 0.0)
-    if not used or used <= state:
-        return None
-    per_example = (used - state) / entry["per_chip_batch"]
-    best = int((entry["capacity_gib"] * roofline.USABLE_FRACTION - state) / per_example)
-    return best // 8 * 8 if best >= 8 else best or None
-
-
 class Table:
     """The JSON results file, appended to as each case compiles."""
 
@@ -147,76 +137,6 @@ class Table:
             json.dump({"jax": jax.__version__, "entries": self.entries}, f, indent=1)
 
 
-SEARCH_COMPILES = 8        # compiles spent on each (row, pod)'s largest batch after the first
-SEARCH_WITHIN = 8          # stop once the refused size is within 1/8 of the fitting one (or 8 per chip)
-
-
-def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None, fitted: int = 0) -> int | None:
-    """The next per-chip batch to compile (a multiple of 8 when 8 or more), or None when the search is done;
-    `fitted`: how many of the search's own compiles have fitted so far.
-    After a fitting compile: the linear prediction from it (memory beyond the state grows about linearly
-    below the limit), kept under the smallest refused size. With nothing refused yet, the prediction is
-    trusted once: after a search compile has fitted, a prediction above it is raised to twice the largest
-    fitting size, and a prediction of nothing larger becomes one step up (1/`SEARCH_WITHIN`, at least 8
-    per chip), or twice the largest fitting size once two have fitted (near its limit the compiler trades
-    memory for recomputation, so memory grows slower than linearly there). After a refusal: the
-    geometric midpoint of the largest fitting and the smallest refused size, or, with nothing fitting
-    yet, the prediction from what the refused compile needed, kept under half of it."""
-    if last["fits"]:
-        guess = predicted_max_per_chip(last) or 0
-        if refused_at is not None:
-            guess = min(guess, refused_at - 8)
-            if guess <= fits_at:
-                guess = int(math.sqrt(fits_at * refused_at))
-        elif guess > fits_at:
-            guess = max(guess, 2 * fits_at) if fitted >= 1 else guess
-        elif fitted >= 2:
-            guess = 2 * fits_at
-        else:
-            guess = fits_at + max(8, fits_at // SEARCH_WITHIN) if fits_at >= 8 else fits_at + 1
-    elif fits_at:
-        guess = int(math.sqrt(fits_at * refused_at))
-    else:
-        guess = min(predicted_max_per_chip(last) or 0, refused_at // 2)
-    guess = guess // 8 * 8 if guess >= 8 else guess
-    if fits_at and refused_at and guess <= fits_at:   # the midpoint rounded down onto the fitting size
-        guess = fits_at + 8 if fits_at >= 8 else fits_at + 1
-    return guess if guess > (fits_at or 0) and (refused_at is None or guess < refused_at) else None
-
-
-def largest_batch(table: Table, row: str, pod: pods.Pod, devices, known: Sequence[dict[str, Any]],
-                  compile_case: Callable[[int], dict[str, Any]] | None = None) -> None:
-    """The largest per-chip batch that compiles and fits, searched from the compiles already made
-    (`known`: the row's stated batches): the linear prediction from the largest fitting one (or what the
-    smallest refused one needed), then bisection between the largest fitting and smallest refused sizes,
-    at most `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` (or 8 per chip) of
-    each other, so every finished search names a refused size just above its largest fitting one."""
-    chips = len(devices)
-    compile_case = compile_case or (lambda per_chip: compile_row(row, pod, devices, per_chip * chips))
-    fitting = [e for e in known if e["fits"]]
-    refused = [e for e in known if not e["fits"]]
-    fits_at = max((e["per_chip_batch"] for e in fitting), default=None)
-    refused_at = min((e["per_chip_batch"] for e in refused), default=None)
-    if fits_at and refused_at and refused_at - fits_at <= max(8, fits_at // SEARCH_WITHIN):
-        return
-    last = (max(fitting, key=lambda e: e["per_chip_batch"]) if fitting
-            else min(refused, key=lambda e: e["per_chip_batch"]))
-    fitted = 0
-    for _ in range(SEARCH_COMPILES):
-        guess = next_guess(last, fits_at, refused_at, fitted)
-        if guess is None:
-            return
-        last = table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": guess * chips,
-                          "search": "largest"}, lambda: compile_case(guess))
-        if last["fits"]:
-            fitted += 1
-            fits_at = max(fits_at or 0, guess)
-        else:
-            refused_at = min(refused_at or guess, guess)
-        if fits_at and refused_at and refused_at - fits_at <= max(8, fits_at // SEARCH_WITHIN):
-            return
-
-
 def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
     """Compile every case: the cheap loss programs, each row over all pods, then the largest-batch searches."""
     table = Table(out + ".json")
@@ -236,9 +156,11 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
             stated = list(batches) + ([per_chip * len(devices)] if per_chip else [])
             known = [table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": batch},
                                lambda: compile_row(row, pod, devices, batch)) for batch in stated]
-            searches.append((row, pod, devices, known))
+            if row not in NOT_SEARCHED:
+                searches.append((row, pod, devices, known))
     for row, pod, devices, known in searches:
-        largest_batch(table, row, pod, devices, known)
+        largest_batch(table, row, pod.name, len(devices), known,
+                      lambda per_chip, r=row, p=pod, d=devices: compile_row(r, p, d, per_chip * len(d)))
     return table
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from comm_jax.aot_check.search import SEARCH_COMPILES
+
 HEADER = """# Pod plans: what fits where
 
 Compiled ahead of time by the TPU compiler (`libtpu`) for each pod's topology on a CPU-only host:
@@ -42,14 +44,19 @@ def _largest(entries: Sequence[dict[str, Any]], rows: Sequence[str] = (), pods: 
             if best is None:
                 cells.append(f"none fits ({above:,} refused)" if above else "none compiled")
             else:
+                searched = any(e.get("search") for e in cases)
                 cells.append(f"{best['global_batch']:,} ({best['per_chip_batch']}/chip)"
-                             + (f"; {above:,} refused" if above else ""))
+                             + (f"; {above:,} refused" if above else "; not searched" if not searched else ""))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return lines + ["", "Each pod's largest batch is searched by compiling, from the compiles at the row's "
-                        "stated batches: the linear prediction from the last fitting compile, then bisection between the largest "
-                        "fitting and the smallest refused size (multiples of 8 per chip), at most 6 compiles, "
-                        "stopping when the two are within 1/8 of each other; the true limit lies below the "
-                        "smallest refused size in the table of every step.", ""]
+    return lines + ["", f"Each pod's largest batch is searched by compiling, from the compiles at the row's stated "
+                        "batches (multiples of 8 per chip): the linear prediction from the largest fitting compile; "
+                        "then, until a size is refused, one step up (1/8 more) or doubling once the prediction has "
+                        "been passed; then bisection between the largest fitting and the smallest refused size, "
+                        f"at most {SEARCH_COMPILES} compiles, stopping when the two are within 1/8 (or 8 per chip) "
+                        "of each other. Near the limit the compiler trades memory for recomputation, so peak "
+                        "memory is not monotone in the batch (see the steps below); a cell's two sizes are the "
+                        "compiles that bracket it. Rows marked \"not searched\" are compiled at their stated "
+                        "batch only.", ""]
 
 
 def _steps(entries: Sequence[dict[str, Any]]) -> list[str]:
