@@ -126,7 +126,8 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
     (beyond `knee` per chip, a tenth of the per-example slope: the compiler recomputing instead of storing),
     refused above the chip's usable memory and reporting what it needs, started from the compiles of the
     stated per-chip batches, ends with a fitting size within 1/8 (or 8) of a refused one in at most its
-    compile budget, never compiling outside the known bracket."""
+    compile budget, never compiling outside the known bracket (a case the compiler rejected for another
+    reason is no bracket)."""
     from comm_jax.aot_check import table as pod_table   # its Table records the search's compiles
 
     capacity = 16.0
@@ -144,10 +145,12 @@ def test_largest_batch_search_brackets_the_limit_of_a_memory_model(tmp_path, sta
 
     limit = max(b for b in range(1, 4096) if memory(b) <= usable)
     book = pod_table.Table(str(tmp_path / "plans.json"))
-    known = [compile_case(b) | {"kind": "step", "row": "r", "pod": "p"} for b in stated]
+    rejected = {"kind": "step", "row": "r", "pod": "p", "per_chip_batch": 0, "fits": False, "error": "rejected"}
+    known = [compile_case(b) | {"kind": "step", "row": "r", "pod": "p"} for b in stated] + [rejected]
     search.largest_batch(book, "r", "p", 16, known, compile_case)
     searched = [e for e in book.entries if e.get("search") == "largest"]
     assert 1 <= len(searched) <= search.SEARCH_COMPILES
+    known.remove(rejected)
     fits_at = max((e["per_chip_batch"] for e in known if e["fits"]), default=0)
     refused_at = min((e["per_chip_batch"] for e in known if not e["fits"]), default=None)
     assert all(fits_at < e["per_chip_batch"] < (refused_at or 10**9) for e in searched)

@@ -148,17 +148,20 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
                     table.run({"kind": "loss", "row": f"loss_{impl}", "pod": pod.name, "global_batch": batch},
                               lambda: compile_loss(impl, pod, devices, batch))
     # Every (row, pod) at its stated batches first, then the largest-batch searches: an interrupted run
-    # has the whole grid at the default batch before it spends compiles on any search.
+    # has the whole grid at the default batch before it spends compiles on any search. A search starts from
+    # every compile of its (row, pod) in the table, so a rerun goes on from the bracket an earlier run left.
     searches = []
     for row in (r for r in rows if r in ROWS):
         _, _, per_chip, batches = ROWS[row]
         for pod, devices in targets:
             stated = list(batches) + ([per_chip * len(devices)] if per_chip else [])
-            known = [table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": batch},
-                               lambda: compile_row(row, pod, devices, batch)) for batch in stated]
+            for batch in stated:
+                table.run({"kind": "step", "row": row, "pod": pod.name, "global_batch": batch},
+                          lambda: compile_row(row, pod, devices, batch))
             if row not in NOT_SEARCHED:
-                searches.append((row, pod, devices, known))
-    for row, pod, devices, known in searches:
+                searches.append((row, pod, devices))
+    for row, pod, devices in searches:
+        known = [e for e in table.entries if e["kind"] == "step" and e["row"] == row and e["pod"] == pod.name]
         largest_batch(table, row, pod.name, len(devices), known,
                       lambda per_chip, r=row, p=pod, d=devices: compile_row(r, p, d, per_chip * len(d)))
     return table
