@@ -173,6 +173,6 @@ def test_table_markdown_shows_the_largest_fitting_batch_and_the_cases_not_compil
     text = table_markdown.render([step("v5e-16", 1024, True), step("v5e-16", 8192, False), step("v5e-16", 4096, True),
                                   step("v5e-16", 16384, False), refused_only],
                                  rows=["trifeatures", "large_batch"], pods=["v5e-16", "v4-64"])
-    assert "| trifeatures | 4,096 (256/chip); 8,192 refused | none compiled |" in text
-    assert "| large_batch | none compiled | none fits (16,384 refused) |" in text
+    assert "| trifeatures | 4,096 (256/chip); 8,192 does not fit | none compiled |" in text
+    assert "| large_batch | none compiled | none fits (16,384 does not) |" in text
     assert "refused: needs 40.0" in text

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from comm_jax.aot_check.roofline import USABLE_FRACTION
 from comm_jax.aot_check.search import SEARCH_COMPILES
 
-HEADER = """# Pod plans: what fits where
+HEADER = f"""# Pod plans: what fits where
 
 Compiled ahead of time by the TPU compiler (`libtpu`) for each pod's topology on a CPU-only host:
 `python -m comm_jax.aot_check --table`. Memory is per chip from the compiled executable
-(arguments + outputs + temporaries - donated aliases); "refused" means the compiler itself ran out of
-HBM and said how much the step needs. The roofline column is an **estimate**: the largest of
+(arguments + outputs + temporaries - donated aliases); a step fits when that peak is within {USABLE_FRACTION:.0%} of the
+chip's HBM; "refused" means the compiler itself ran out of HBM and said how much the step needs. The roofline column is an **estimate**: the largest of
 FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth and collective bytes sent / interconnect
 bandwidth (chip figures in `comm_jax/peaks.py`), a lower bound on step time, never a measurement.
 
@@ -32,7 +33,7 @@ def _gib(entry: dict[str, Any]) -> str:
 
 def _largest(entries: Sequence[dict[str, Any]], rows: Sequence[str] = (), pods: Sequence[str] = ()) -> list[str]:
     pods = list(dict.fromkeys([*pods, *(e["pod"] for e in entries)]))
-    lines = ["## Largest global batch per pod (compiled and fitting; the smallest refused batch above it)", "",
+    lines = ["## Largest global batch per pod (compiled and fitting; the smallest batch above it that does not fit)", "",
              "| config | " + " | ".join(pods) + " |", "|---|" + "---|" * len(pods)]
     for row in dict.fromkeys([*rows, *(e["row"] for e in entries if e["kind"] == "step")]):
         cells = []
@@ -42,16 +43,16 @@ def _largest(entries: Sequence[dict[str, Any]], rows: Sequence[str] = (), pods: 
             above = min((e["global_batch"] for e in cases if not e["fits"]
                          and (best is None or e["global_batch"] > best["global_batch"])), default=None)
             if best is None:
-                cells.append(f"none fits ({above:,} refused)" if above else "none compiled")
+                cells.append(f"none fits ({above:,} does not)" if above else "none compiled")
             else:
                 searched = any(e.get("search") for e in cases)
                 cells.append(f"{best['global_batch']:,} ({best['per_chip_batch']}/chip)"
-                             + (f"; {above:,} refused" if above else "; not searched" if not searched else ""))
+                             + (f"; {above:,} does not fit" if above else "; not searched" if not searched else ""))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines + ["", f"Each pod's largest batch is searched by compiling, from the compiles at the row's stated "
                         "batches (multiples of 8 per chip): the linear prediction from the largest fitting compile; "
-                        "then, until a size is refused, one step up (1/8 more) or doubling once the prediction has "
-                        "been passed; then bisection between the largest fitting and the smallest refused size, "
+                        "then, until a size does not fit, one step up (1/8 more) or doubling once the prediction has "
+                        "been passed; then bisection between the largest fitting size and the smallest one that does not fit, "
                         f"at most {SEARCH_COMPILES} compiles, stopping when the two are within 1/8 (or 8 per chip) "
                         "of each other. Near the limit the compiler trades memory for recomputation, so peak "
                         "memory is not monotone in the batch (see the steps below); a cell's two sizes are the "
