@@ -68,11 +68,16 @@ def _column_lse(stripe: jax.Array, offset: jax.Array, axis_name: AxisName) -> ja
     """Log-sum-exp down the columns of a matrix whose rows are sharded: `stripe` `[..., b, N]` holds
     this device's rows (global rows `offset .. offset + b`); returns the LSE of columns `offset ..
     offset + b` over all N rows, `[..., b]`. Across devices only `[..., N]` partial results move."""
-    partial = jax.nn.logsumexp(stripe, axis=-2)                                 # [..., N]
+    return _own_columns(jax.nn.logsumexp(stripe, axis=-2), offset, stripe.shape[-2], axis_name)
+
+
+def _own_columns(partial: jax.Array, offset: jax.Array, b: int, axis_name: AxisName) -> jax.Array:
+    """Column log-sum-exps `[..., N]` over this device's rows combined over all devices' rows, sliced
+    to this device's columns `offset .. offset + b`."""
     if axis_name is not None:
         peak = jax.lax.pmax(jax.lax.stop_gradient(partial), axis_name)
         partial = peak + jnp.log(jax.lax.psum(jnp.exp(partial - peak), axis_name))
-    return jax.lax.dynamic_slice_in_dim(partial, offset, stripe.shape[-2], axis=-1)
+    return jax.lax.dynamic_slice_in_dim(partial, offset, b, axis=-1)
 
 
 def nt_xent(a: jax.Array, b: jax.Array, temperature: float = 0.1,
@@ -141,9 +146,17 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
     full_self = self_lse[::-1, -1][:, None, :]                                 # [2, 1, b]
     full_rows = jnp.logaddexp(full_lse, full_self) - view_pos                 # [2, E, b]
 
+    return _comm_terms(view_rows, full_rows, view_correct, weights, axis_name)
+
+
+def _comm_terms(view_rows: jax.Array, full_rows: jax.Array, view_correct: jax.Array, weights, axis_name: AxisName
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CoMM's loss and metrics from the per-row cross-entropies `[2, E, b]` of each term's view rows and
+    full rows and whether each view row retrieves its positive."""
+    n_emb, b = view_rows.shape[1:]
     sums = _sum_over_devices(
         ((view_rows + full_rows).sum(axis=(0, 2)), view_correct.sum(axis=(0, 2))), axis_name)
-    batch = _global_batch(view1.shape[1], axis_name)
+    batch = _global_batch(b, axis_name)
     term_loss = sums[0] / (4 * batch)                                          # [E]
     term_acc = 100.0 * sums[1] / (2 * batch)                                   # [E]
     w = jnp.ones((n_emb,)) if weights is None else jnp.asarray(weights, jnp.float32)
@@ -154,6 +167,57 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
     metrics |= {f"ssl_acc_{e}": term_acc[e] for e in range(n_emb)}
     metrics["ssl_acc"] = jnp.mean(term_acc)
     return loss, metrics
+
+
+def comm_loss_blockwise(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
+                        weights: Sequence[float] | None = None, axis_name: AxisName = None,
+                        chunk: int = 1024) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`comm_loss` computed over column chunks of `chunk` global columns: each chip holds `[2, E, b, chunk]`
+    logit blocks at a time instead of `[2, E, b, N]` (the backward pass recomputes each block), so its
+    memory no longer grows with the global batch N. Same value, gradient and metrics as `comm_loss`."""
+    if view1.shape != view2.shape or view1.ndim != 3:
+        raise ValueError(f"comm_loss expects two [n+1, batch, dim] arrays, got {view1.shape} and {view2.shape}")
+    n_emb, b, _ = view1.shape
+    local = jnp.stack([l2_normalize(view1), l2_normalize(view2)])      # [2, E, b, D]
+    glob, offset = _gather(local, axis_name, axis=2)                   # [2, E, N, D]
+    n = glob.shape[2]
+    chunk = min(chunk, n)
+    if n % chunk:
+        raise ValueError(f"comm_loss_blockwise: the global batch {n} is not a multiple of chunk={chunk}")
+    full_glob = glob[::-1, -1]                                         # [2, N, D]: C_n, A_n
+    scale = 1.0 / temperature
+    # The positive of local row i is global column offset + i: its logit from the matching rows directly.
+    full_local = jax.lax.dynamic_slice_in_dim(full_glob, offset, b, axis=1)          # [2, b, D]
+    view_pos = jnp.einsum("verd,vrd->ver", local, full_local, preferred_element_type=jnp.float32) * scale
+    rows = offset + jnp.arange(b)
+
+    @jax.checkpoint
+    def block(start):
+        cols = jax.lax.dynamic_slice_in_dim(full_glob, start, chunk, axis=1)        # [2, c, D]
+        same = jax.lax.dynamic_slice_in_dim(glob, start, chunk, axis=2)             # [2, E, c, D]
+        cross = _scores(local, cols, "verd,vnd->vern", scale)                       # [2, E, b, c]
+        self_logits = _scores(local, same, "verd,vend->vern", scale)
+        own = rows[:, None] == (start + jnp.arange(chunk))[None, :]
+        self_lse = jax.nn.logsumexp(jnp.where(own, -jnp.inf, self_logits), axis=-1)
+        best = jnp.max(cross, axis=-1)
+        best_at = start + jnp.argmax(cross, axis=-1)
+        return (jax.nn.logsumexp(cross, axis=-1), self_lse, jax.lax.stop_gradient(best), best_at,
+                jax.nn.logsumexp(cross, axis=-2))                                   # column LSE: [2, E, c]
+
+    starts = jnp.arange(0, n, chunk)
+    view_lse, self_lse, best, best_at, col_lse = jax.lax.map(block, starts)
+    view_lse = jax.nn.logsumexp(view_lse, axis=0)                                   # [2, E, b]
+    self_lse = jax.nn.logsumexp(self_lse, axis=0)
+    winner = jnp.argmax(best, axis=0)                                               # first chunk holding the max
+    argmax = jnp.take_along_axis(best_at, winner[None], axis=0)[0]
+    view_correct = argmax == rows
+    partial = jnp.moveaxis(col_lse, 0, 2).reshape(2, n_emb, n)                      # [2, E, N] over local rows
+    full_lse = _own_columns(partial, offset, b, axis_name)
+
+    view_rows = jnp.logaddexp(view_lse, self_lse) - view_pos
+    full_self = self_lse[::-1, -1][:, None, :]
+    full_rows = jnp.logaddexp(full_lse, full_self) - view_pos
+    return _comm_terms(view_rows, full_rows, view_correct, weights, axis_name)
 
 
 def _modality_pairs(z: jax.Array) -> list[tuple[int, int]]:

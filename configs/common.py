@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.precision = "float32"      # or "bfloat16": bf16 activations/matmuls, float32 params and loss
     c.loss = ml_collections.ConfigDict(dict(name="comm", temperature=0.1, ssl_scale=1.0))
     c.loss.weights = config_dict.placeholder(tuple)
+    c.loss.column_chunk = 0       # CoMM: > 0 scores the gathered columns in chunks of this many (memory O(chunk), not O(batch))
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, schedule="constant", warmup_steps=0,
         grad_clip=0.0))

@@ -73,6 +73,25 @@ def test_comm_loss_matches_numpy(n_mod, batch, dim, tau):
     for e, t in enumerate(ref_terms):
         np.testing.assert_allclose(metrics[f"ssl_loss_{e}"], t, rtol=1e-5)
     np.testing.assert_allclose(metrics["ssl_acc"], ref_acc, atol=1e-4)
+    # Formed a column chunk at a time: the same loss, terms and accuracy as the transcription.
+    chunk = batch // 2 if batch % 2 == 0 else 1
+    loss, metrics = losses.comm_loss_blockwise(v1, v2, tau, chunk=chunk)
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    for e, t in enumerate(ref_terms):
+        np.testing.assert_allclose(metrics[f"ssl_loss_{e}"], t, rtol=1e-5)
+    np.testing.assert_allclose(metrics["ssl_acc"], ref_acc, atol=1e-4)
+
+
+def test_comm_loss_blockwise_weights_gradients_and_chunk_check():
+    v1, v2 = (jnp.asarray(v) for v in views(4, 3, 12, 8))
+    w = (0.5, 2.0, 1.0)
+    whole = jax.value_and_grad(lambda a, b: losses.comm_loss(a, b, 0.2, w)[0], argnums=(0, 1))(v1, v2)
+    blocks = jax.value_and_grad(lambda a, b: losses.comm_loss_blockwise(a, b, 0.2, w, chunk=4)[0], argnums=(0, 1))(v1, v2)
+    np.testing.assert_allclose(blocks[0], whole[0], rtol=1e-6)
+    for gb, gw in zip(blocks[1], whole[1]):
+        np.testing.assert_allclose(gb, gw, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="not a multiple of chunk=5"):
+        losses.comm_loss_blockwise(v1, v2, chunk=5)
 
 
 def test_comm_loss_weights():
@@ -136,10 +155,11 @@ def _sharded(fn, mesh):
                                  in_specs=(spec, spec), out_specs=P()))
 
 
-@pytest.mark.parametrize("name", ["comm", "cmc", "cross_self", "simclr", "clip"])
+@pytest.mark.parametrize("name", ["comm", "comm_blockwise", "cmc", "cross_self", "simclr", "clip"])
 def test_sharded_loss_and_grads_match_single_device(name):
     assert jax.device_count() == 8
     fns = {"comm": losses.comm_loss,
+           "comm_blockwise": lambda a, b, axis_name=None: losses.comm_loss_blockwise(a, b, axis_name=axis_name, chunk=8),
            "simclr": lambda a, b, axis_name=None: losses.simclr_loss(a[0], b[0], axis_name=axis_name),
            **{k: (lambda a, b, axis_name=None, f=f: f(a, b, b[::-1], axis_name=axis_name)) for k, f in BASELINES.items()}}
     fn = fns[name]

@@ -61,6 +61,7 @@ def test_a_method_registered_elsewhere_trains_through_the_same_step_and_owns_its
 @pytest.mark.parametrize("loss, change, message", [
     ("cross", lambda c: setattr(c.model, "projection", "mlp"), "projection='linear'"),
     ("comm", lambda c: setattr(c.loss, "weights", (1.0, 1.0)), "weights needs 3 entries"),
+    ("comm", lambda c: setattr(c.loss, "column_chunk", c.batch_size + 1), "column_chunk must be 0"),
     ("comm", lambda c: setattr(c.model, "architecture", "towers"), "trains a 'fusion' model"),
     ("cross_self", lambda c: setattr(c.data, "views", {v: c.data.views[v] for v in ("view1", "view2")}),
      r"lacks the view\(s\) \[.weak.\]"),

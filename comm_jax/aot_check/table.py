@@ -35,6 +35,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], int | None, tuple[int, ...]]] = {
 # sharding variants, compiled at their stated batch beside the row they vary; no largest-batch search
 NOT_SEARCHED = ("fusion_heavy_fsdp4",)
 LOSS_BATCHES = (16_384, 65_536)
+LOSS_CHUNK = 4096            # columns per block of the blockwise loss row
 LOSS_EMBEDDINGS, LOSS_DIM = 3, 256        # CoMM on two modalities: n + 1 embeddings of the head's 256
 
 
@@ -79,7 +80,8 @@ def compile_row(row: str, pod: pods.Pod, devices, global_batch: int) -> dict[str
 
 
 def compile_loss(impl: str, pod: pods.Pod, devices, global_batch: int) -> dict[str, Any]:
-    """The loss alone (value and gradient in the embeddings), fused or the reference's, on a data mesh."""
+    """The loss alone (value and gradient in the embeddings), fused (whole rows or blockwise) or the
+    reference's, on a data mesh."""
     from comm_jax.bench import loss as loss_bench
     from comm_jax.mesh import batch_axes, make_mesh
     from comm_jax.peaks import chip_spec
@@ -87,11 +89,13 @@ def compile_loss(impl: str, pod: pods.Pod, devices, global_batch: int) -> dict[s
     mesh = make_mesh([("data", -1)], devices)
     sharding = NamedSharding(mesh, P(None, batch_axes(mesh), None))
     views = jax.ShapeDtypeStruct((LOSS_EMBEDDINGS, global_batch, LOSS_DIM), jax.numpy.float32, sharding=sharding)
-    step = loss_bench.value_and_grad_step(loss_bench.objectives(mesh)[impl], mesh)
+    objective = (loss_bench.blockwise_objective(mesh, LOSS_CHUNK) if impl == "blockwise"
+                 else loss_bench.objectives(mesh)[impl])
+    step = loss_bench.value_and_grad_step(objective, mesh)
     chip = chip_spec(devices[0].device_kind)
     entry = {"kind": "loss", "row": f"loss_{impl}", "pod": pod.name, "chips": len(devices),
              "global_batch": global_batch, "per_chip_batch": global_batch // len(devices),
-             "capacity_gib": chip["hbm_gib"]}
+             "capacity_gib": chip["hbm_gib"]} | ({"chunk": LOSS_CHUNK} if impl == "blockwise" else {})
     try:
         return entry | _summary(planning.compile_program("loss", step, (views, views), {}, batch=global_batch,
                                                          mesh=mesh, chip=chip, precision="float32"))
@@ -144,7 +148,7 @@ def build(pod_names: Sequence[str], rows: Sequence[str], out: str) -> Table:
     if "loss" in rows:
         for pod, devices in targets:
             for batch in LOSS_BATCHES:
-                for impl in ("fused", "reference"):
+                for impl in ("fused", "reference", "blockwise"):
                     table.run({"kind": "loss", "row": f"loss_{impl}", "pod": pod.name, "global_batch": batch},
                               lambda: compile_loss(impl, pod, devices, batch))
     # Every (row, pod) at its stated batches first, then the largest-batch searches: an interrupted run

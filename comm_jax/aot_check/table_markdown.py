@@ -76,17 +76,21 @@ def _loss(entries: Sequence[dict[str, Any]]) -> list[str]:
     losses = [e for e in entries if e["kind"] == "loss"]
     if not losses:
         return []
+    chunks = ", ".join(f"{c:,}" for c in sorted({e["chunk"] for e in losses if "chunk" in e})) or "-"
     lines = ["## The fused loss against the reference's N x N loss (value and gradient, per chip)", "",
              "Embeddings `[3, N, 256]` (CoMM on two modalities) sharded over a data mesh. Fused: each chip scores "
              "its rows against the gathered columns. Reference: every chip gathers everything and builds the "
              "full `2N x 2N` logits of each term, as the PyTorch reference does on every GPU.", "",
-             "| pod | global batch N | fused peak GiB | reference peak GiB | chip GiB |", "|---|---|---|---|---|"]
+             "Blockwise: the fused loss with the gathered columns scored a chunk at a time (`config.loss.column_chunk`; "
+             f"{chunks} columns per chunk here), each block recomputed in the backward pass.", "",
+             "| pod | global batch N | fused peak GiB | blockwise peak GiB | reference peak GiB | chip GiB |",
+             "|---|---|---|---|---|---|"]
     for pod in dict.fromkeys(e["pod"] for e in losses):
         for batch in sorted({e["global_batch"] for e in losses if e["pod"] == pod}):
             pair = {e["row"]: e for e in losses if e["pod"] == pod and e["global_batch"] == batch}
-            cells = [_gib(pair[k]) if k in pair else "-" for k in ("loss_fused", "loss_reference")]
+            cells = [_gib(pair[k]) if k in pair else "-" for k in ("loss_fused", "loss_blockwise", "loss_reference")]
             capacity = next(iter(pair.values()))["capacity_gib"]
-            lines.append(f"| {pod} | {batch:,} | {cells[0]} | {cells[1]} | {capacity:g} |")
+            lines.append(f"| {pod} | {batch:,} | {' | '.join(cells)} | {capacity:g} |")
     return lines + [""]
 
 

@@ -69,6 +69,14 @@ def objectives(mesh, temperature: float = 0.1) -> dict[str, Callable]:
     return {"fused": fused, "reference": reference}
 
 
+def blockwise_objective(mesh, chunk: int = 4096, temperature: float = 0.1) -> Callable:
+    """`objectives`' fused loss formed a column chunk at a time (`comm_jax.losses.comm_loss_blockwise`)."""
+    spec = P(None, batch_axes(mesh), None)
+    return jax.shard_map(lambda v1, v2: losses.comm_loss_blockwise(v1, v2, temperature, axis_name=batch_axes(mesh),
+                                                                    chunk=chunk)[0],
+                         mesh=mesh, in_specs=(spec, spec), out_specs=P())
+
+
 def value_and_grad_step(loss: Callable, mesh) -> Callable:
     """jit of (view1, view2) -> (loss, (d loss/d view1, d loss/d view2)), inputs and grads sharded."""
     sharding = NamedSharding(mesh, P(None, batch_axes(mesh), None))
