@@ -108,6 +108,16 @@ def _global_batch(local: int, axis_name: AxisName):
     return local * jax.lax.psum(1, axis_name)
 
 
+def _comm_views(view1: jax.Array, view2: jax.Array, axis_name: AxisName):
+    """The two views' normalised embeddings stacked `[2, E, b, D]` (A, C), gathered over devices
+    `[2, E, N, D]`, the other view's full multimodal embedding `[2, N, D]` (C_n, A_n), and the row offset."""
+    if view1.shape != view2.shape or view1.ndim != 3:
+        raise ValueError(f"comm_loss expects two [n+1, batch, dim] arrays, got {view1.shape} and {view2.shape}")
+    local = jnp.stack([l2_normalize(view1), l2_normalize(view2)])
+    glob, offset = _gather(local, axis_name, axis=2)
+    return local, glob, glob[::-1, -1], offset
+
+
 def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
               weights: Sequence[float] | None = None,
               axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -122,12 +132,7 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
     metrics: `ssl_loss_{e}`, `ssl_acc_{e}` per term and `ssl_acc` (retrieval accuracy in %, as
     the reference: rows of A_e against C_n and of C_e against A_n, averaged).
     """
-    if view1.shape != view2.shape or view1.ndim != 3:
-        raise ValueError(f"comm_loss expects two [n+1, batch, dim] arrays, got {view1.shape} and {view2.shape}")
-    n_emb = view1.shape[0]
-    local = jnp.stack([l2_normalize(view1), l2_normalize(view2)])      # [2, E, b, D]: A, C
-    glob, offset = _gather(local, axis_name, axis=2)                   # [2, E, N, D]
-    full_glob = glob[::-1, -1]                                         # [2, N, D]: C_n, A_n
+    local, glob, full_glob, offset = _comm_views(view1, view2, axis_name)
     scale = 1.0 / temperature
 
     # Rows A_e vs C_n and C_e vs A_n (the "view" rows of each term): a row stripe of the global
@@ -175,16 +180,12 @@ def comm_loss_blockwise(view1: jax.Array, view2: jax.Array, temperature: float =
     """`comm_loss` computed over column chunks of `chunk` global columns: each chip holds `[2, E, b, chunk]`
     logit blocks at a time instead of `[2, E, b, N]` (the backward pass recomputes each block), so its
     memory no longer grows with the global batch N. Same value, gradient and metrics as `comm_loss`."""
-    if view1.shape != view2.shape or view1.ndim != 3:
-        raise ValueError(f"comm_loss expects two [n+1, batch, dim] arrays, got {view1.shape} and {view2.shape}")
-    n_emb, b, _ = view1.shape
-    local = jnp.stack([l2_normalize(view1), l2_normalize(view2)])      # [2, E, b, D]
-    glob, offset = _gather(local, axis_name, axis=2)                   # [2, E, N, D]
+    local, glob, full_glob, offset = _comm_views(view1, view2, axis_name)
+    _, n_emb, b, _ = local.shape
     n = glob.shape[2]
     chunk = min(chunk, n)
     if n % chunk:
         raise ValueError(f"comm_loss_blockwise: the global batch {n} is not a multiple of chunk={chunk}")
-    full_glob = glob[::-1, -1]                                         # [2, N, D]: C_n, A_n
     scale = 1.0 / temperature
     # The positive of local row i is global column offset + i: its logit from the matching rows directly.
     full_local = jax.lax.dynamic_slice_in_dim(full_glob, offset, b, axis=1)          # [2, b, D]

@@ -60,11 +60,12 @@ def next_guess(last: dict[str, Any], fits_at: int | None, refused_at: int | None
 
 def largest_batch(table, row: str, pod: str, chips: int, known: Sequence[dict[str, Any]],
                   compile_case: Callable[[int], dict[str, Any]]) -> None:
-    """The largest per-chip batch of `row` on `pod` (`chips` chips) that compiles and fits, searched from the
-    compiles already made (`known`: every compile of the row on the pod so far) with the guesses of `next_guess`, each
-    compiled by `compile_case(per_chip_batch)` through `table.run` (a `table.Table`: cases already in it are
-    not compiled again), at most `SEARCH_COMPILES` compiles; stops when the two are within 1/`SEARCH_WITHIN` (or 8 per chip) of
-    each other, so every finished search names a refused size just above its largest fitting one."""
+    """The largest per-chip batch of `row` on `pod` (`chips` chips) that compiles and fits, searched from
+    the compiles already made (`known`: every compile of the row on the pod so far) with the guesses of
+    `next_guess`, each compiled by `compile_case(per_chip_batch)` through `table.run` (a `table.Table`:
+    cases already in it are not compiled again), at most `SEARCH_COMPILES` compiles; stops when the two
+    are within 1/`SEARCH_WITHIN` (or 8 per chip) of each other, so every finished search names a size
+    that does not fit just above its largest fitting one."""
     known = [e for e in known if "error" not in e]   # a case the compiler rejected says nothing about memory
     fitting = [e for e in known if e["fits"]]
     refused = [e for e in known if not e["fits"]]
