@@ -14,6 +14,10 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 COMPLETION_MARKER = "training_complete.json"
+# Config paths that choose how a step is computed, not what is trained (equal results up to rounding): a
+# checkpoint resumes, and a finished run counts as the same run, whatever their value, also when the
+# checkpoint's config predates the key.
+HOW_NOT_WHAT = frozenset({"loss.column_chunk"})
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -75,10 +79,13 @@ class CheckpointStore:
 
 
 def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
-    """Dotted path of the first key whose value differs between two JSON-like trees, or None."""
+    """Dotted path of the first key whose value differs between two JSON-like trees, or None; the paths
+    in `HOW_NOT_WHAT` are not compared."""
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in sorted(set(saved) | set(current)):
             sub = f"{path}.{key}" if path else str(key)
+            if sub in HOW_NOT_WHAT:
+                continue
             if key not in saved or key not in current:
                 return sub
             found = first_difference(saved[key], current[key], sub)

@@ -5,6 +5,7 @@ checkpoint (the one whose parameters computed it is moved to diverged/); metrics
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,28 @@ def test_mismatched_config_is_refused_naming_the_key(uninterrupted):
     assert proc.returncode != 0
     assert "model.heads differs" in proc.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_resume_ignores_how_the_loss_is_computed(uninterrupted, tmp_path, tfds_dir):
+    """`loss.column_chunk` (HOW_NOT_WHAT) is no difference: a checkpoint whose config predates the key
+    resumes with the blockwise loss, and the losses agree with the whole-row run up to rounding."""
+    reference = losses(uninterrupted[0])
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    os.remove(os.path.join(workdir, "training_complete.json"))
+    for step in committed_steps(workdir):
+        if step > 4:
+            shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+    metadata = os.path.join(workdir, "checkpoints", "4", "config", "metadata")
+    with open(metadata) as f:
+        saved = json.load(f)
+    del saved["loss"]["column_chunk"]
+    with open(metadata, "w") as f:
+        json.dump(saved, f)
+    proc = run(train_cmd(workdir, tfds_dir, "--config.loss.column_chunk=8"))
+    assert "resumed from checkpoint at step 4" in proc.stdout
+    resumed = losses(workdir)
+    assert [resumed[s] for s in range(5, 13)] == pytest.approx([reference[s] for s in range(5, 13)], rel=1e-4)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tfds_dir):

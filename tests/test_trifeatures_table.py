@@ -87,10 +87,13 @@ def metrics_for(method, seed, biased):
             "probe/S": 0.5 + 0.1 * biased + 0.01 * seed, "probe_bal/S": 0.6 + 0.02 * seed}
 
 
-def finish_fake_run(workdir, tokens, seed, steps):
-    """What training leaves: a final checkpoint holding the run's config, and the completion marker."""
+def finish_fake_run(workdir, tokens, seed, steps, without_chunk=False):
+    """What training leaves: a final checkpoint holding the run's config, and the completion marker
+    (`without_chunk`: a config written before `loss.column_chunk` existed)."""
     c = trifeatures.get_config(tokens)
     c.seed, c.num_steps = seed, steps
+    if without_chunk:
+        del c.loss["column_chunk"]
     store = CheckpointStore(str(workdir), async_save=False)
     store.save(steps, {"w": np.zeros(2, np.float32)}, {"position": steps}, c.to_json(), force=True)
     store.close()
@@ -106,10 +109,11 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     fake_run, calls = fake_runner(metrics_for, finish)
     monkeypatch.setattr(driver.runs, "run", fake_run)
     monkeypatch.setattr(driver, "bar_chart", lambda table, path: open(path, "w").close())
-    # One run finished and evaluated before `probe_bal` existed: it must be evaluated again, not retrained.
+    # One run finished and evaluated before `probe_bal` and `loss.column_chunk` existed: it must be evaluated
+    # again, not retrained.
     old = tmp_path / "comm-seed1-biased"
     (old / "metrics").mkdir(parents=True)
-    finish_fake_run(old, "cpu,res=64,loss=comm,bias=true", seed=1, steps=30)
+    finish_fake_run(old, "cpu,res=64,loss=comm,bias=true", seed=1, steps=30, without_chunk=True)
     stale = {k: v for k, v in metrics_for("comm", 1, True).items() if k != "probe_bal/S"}
     (old / "metrics" / "eval.jsonl").write_text(json.dumps({"step": 30, **stale}) + "\n")
 
@@ -148,6 +152,11 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     driver.main()
     assert calls == []
     assert json.loads((tmp_path / "table.json").read_text())["table"] == out["table"]
+    # How the loss is computed (checkpoints.HOW_NOT_WHAT) is no difference: the same runs serve.
+    monkeypatch.setattr(sys, "argv", argv + ["--override", "loss.column_chunk=2"])
+    driver.main()
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", argv)
 
     # The same root asked for other crops, or more steps, stops on the first run it would reuse, naming
     # what differs, and runs nothing: its runs were trained otherwise (work directories don't say).
