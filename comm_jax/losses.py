@@ -146,18 +146,18 @@ def comm_loss(view1: jax.Array, view2: jax.Array, temperature: float = 0.1,
     # log-sum-exp is a column LSE of the stripes (combined over devices) and their positive is the
     # same diagonal entry, so no second similarity matmul is needed.
     full_lse = _column_lse(view_cross, offset, axis_name)
+    return _comm_terms(view_lse, self_lse, full_lse, view_pos, view_correct, weights, axis_name)
+
+
+def _comm_terms(view_lse: jax.Array, self_lse: jax.Array, full_lse: jax.Array, view_pos: jax.Array,
+                view_correct: jax.Array, weights, axis_name: AxisName) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CoMM's loss and metrics from the log-sum-exps `[2, E, b]` of each term's view rows over the other
+    view's columns, over their own view's columns (diagonal removed), of its full rows, the positives'
+    logits, and whether each view row retrieves its positive."""
     view_rows = jnp.logaddexp(view_lse, self_lse) - view_pos                  # [2, E, b]
     # A row C_n (v = 0 term) uses C's own columns: self_lse[1, -1]; A_n rows use self_lse[0, -1].
     full_self = self_lse[::-1, -1][:, None, :]                                 # [2, 1, b]
     full_rows = jnp.logaddexp(full_lse, full_self) - view_pos                 # [2, E, b]
-
-    return _comm_terms(view_rows, full_rows, view_correct, weights, axis_name)
-
-
-def _comm_terms(view_rows: jax.Array, full_rows: jax.Array, view_correct: jax.Array, weights, axis_name: AxisName
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """CoMM's loss and metrics from the per-row cross-entropies `[2, E, b]` of each term's view rows and
-    full rows and whether each view row retrieves its positive."""
     n_emb, b = view_rows.shape[1:]
     sums = _sum_over_devices(
         ((view_rows + full_rows).sum(axis=(0, 2)), view_correct.sum(axis=(0, 2))), axis_name)
@@ -214,11 +214,7 @@ def comm_loss_blockwise(view1: jax.Array, view2: jax.Array, temperature: float =
     view_correct = argmax == rows
     partial = jnp.moveaxis(col_lse, 0, 2).reshape(2, n_emb, n)                      # [2, E, N] over local rows
     full_lse = _own_columns(partial, offset, b, axis_name)
-
-    view_rows = jnp.logaddexp(view_lse, self_lse) - view_pos
-    full_self = self_lse[::-1, -1][:, None, :]
-    full_rows = jnp.logaddexp(full_lse, full_self) - view_pos
-    return _comm_terms(view_rows, full_rows, view_correct, weights, axis_name)
+    return _comm_terms(view_lse, self_lse, full_lse, view_pos, view_correct, weights, axis_name)
 
 
 def _modality_pairs(z: jax.Array) -> list[tuple[int, int]]:
