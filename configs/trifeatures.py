@@ -4,7 +4,7 @@ get_config(arg) tokens (comma-separated):
   cpu          the variant sized for a 2-core CPU: 32 px, a small CNN, width 64, lr 1e-3, crops of at
                least 20% of the area; with res=64 the CNN has a fourth stage (32-64-128-128) and with
                res=128 a fifth (32-64-128-128-128), so the fusion still sees 4 x 4 tokens per image
-  loss=NAME    comm (default), cross, cross_self, cmc, simclr (a method of comm_jax.methods)
+  loss=NAME    comm (default), cross, cross_self, cmc, simclr, factorcl (a method of comm_jax.methods)
   bias=true    pretrain on pairs biased by the texture->colour mapping (for the synergy task S)
   res=N        image size: 32, 64, 128 or 224 (default 224, or 32 with `cpu`)
   crop=F       smallest area of the SimCLR views' random crops, 0 < F <= 1 (default 0.08, or 0.2 with
@@ -20,7 +20,9 @@ weight decay 1e-4, 100 epochs of the 10,000 training pairs, temperature 0.1. CoM
 images' 6 x 6 feature maps in a width-512, 1-layer, 8-head transformer. The baselines have no
 fusion: each image -> AlexNet -> flattened map -> linear to 256 -> its own head (Cross: CLIP's
 bias-free linear 256 -> 512 on weak views, probed on the projections; Cross+Self: MLP 256-1024-256,
-probed on the 256-d vectors; SimCLR: image 1 only).
+probed on the 256-d vectors; SimCLR: image 1 only). FactorCL (self-supervised) pairs each image as
+it is with one strong view and scores pairs with critics of width 2 x latent (the reference's 512 at
+latent 256; 128 in the CPU variant), 5 critic updates a step.
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     strong = recipes.simclr_image_ops(res, crop_scale=(crop, 1.0))
     weak = recipes.weak_image_ops(res)
     ops = {"view1": strong, "view2": strong, "weak": weak}
+    if c.loss.name == "factorcl":
+        # FactorCL's x is the example as it is (normalised, as for the probes) and x' its augmented view.
+        ops["view1"] = "normalize"
+        c.loss.critic_hidden = 2 * c.model.latent
+        c.loss.critic_steps = 5
     c.data = ml_collections.ConfigDict(dict(
         name=f"bimodal_trifeatures/{res}px{'_biased' if bias else ''}",
         data_dir=ml_collections.config_dict.placeholder(str),

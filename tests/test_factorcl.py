@@ -202,3 +202,30 @@ def test_critic_updates_follow_adam_on_the_critic_loss_alone():
             continue   # shift-invariant bounds: a rounding-level gradient that Adam scales to about lr
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6, err_msg=name)
     assert methods.get("factorcl").name == "factorcl"
+
+
+@pytest.mark.parametrize("arg, critic_hidden", [("cpu,loss=factorcl", 128), ("loss=factorcl", 512)])
+def test_trifeatures_pairs_each_image_as_it_is_with_one_strong_view(arg, critic_hidden):
+    """On Trifeatures, view1 is the image normalised as for the probes (FactorCL's x), view2 a strong
+    view (its x'); the critics' hidden width is the reference's 512 at latent 256 and 128 at the CPU
+    variant's latent 64, and the built critics have it."""
+    from flax import nnx
+    from comm_jax import batch as batch_lib
+    from comm_jax.train_step import device_views
+    from configs import trifeatures
+    cfg = trifeatures.get_config(arg)
+    method = methods.build(cfg)
+    spec = batch_lib.batch_spec(cfg, method)
+    res = spec.input_shapes["image_1"][0]
+    rng = np.random.default_rng(0)
+    raw = {m: rng.integers(0, 256, size=(4, res, res, 3), dtype=np.uint8) for m in spec.modalities}
+    drawn = jax.jit(device_views(spec))({"raw": raw, "key": rng.integers(0, 2**32, size=(4, 2), dtype=np.uint32)})
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for m in spec.modalities:
+        np.testing.assert_allclose(np.asarray(drawn["views"]["view1"][m]), (raw[m] / 255.0 - mean) / std,
+                                   rtol=0, atol=1e-5)
+        assert not np.allclose(np.asarray(drawn["views"]["view2"][m]), (raw[m] / 255.0 - mean) / std, atol=0.1)
+    extra = nnx.eval_shape(lambda: method.init_extra(nnx.Rngs(0)))
+    kernel = extra.critics["infonce_x1x2"].layers[0].kernel
+    assert kernel.shape == (2 * cfg.model.latent, critic_hidden)
+    assert cfg.loss.critic_steps == 5
