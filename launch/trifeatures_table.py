@@ -8,7 +8,9 @@ checkpoint whose evaluation lacks a metric of the table (an evaluator added sinc
 A finished run is used only if its final checkpoint's config is the one this call would train (same
 data, crops, model, loss, optimizer, steps and seed); a root filled by another `--crop`, `--res` or
 `--override` stops the driver with the first difference, since work directories are named by method,
-seed and bias only.
+seed and bias only. `--include` joins the per-seed rows of another call's table.json: methods this call
+does not train, and the first seeds of one it does (the rest trained here), so a table can be completed
+on another machine or after its work directories are gone.
 
 Columns: R, U, S from the reference's probe (unweighted logistic regression, scored by balanced
 accuracy), and S_bal from a class-balanced probe of the same features: synergy is 10% positives, and an
@@ -128,6 +130,26 @@ def bar_chart(table, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def included_rows(args) -> dict[str, list[dict[str, float]]]:
+    """Per-seed rows by method from the `--include` tables (the first file holding a method wins), each
+    checked to be of this table's variant, size, crops and, where the file records them, overrides."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for path in args.include:
+        with open(path) as f:
+            included = json.load(f)
+        setting = {"variant": (included.get("variant"), args.variant), "res": (included.get("res"), args.res),
+                   "crop": (included.get("crop"), args.crop)}
+        if "overrides" in included:
+            setting["overrides"] = (sorted(included["overrides"]), sorted(args.override))
+        for key, (found, value) in setting.items():
+            if found != value:
+                verb = "are" if key == "overrides" else "is"
+                raise SystemExit(f"{path}: its {key} {verb} {found!r}, this table's {value!r}")
+        for method, seeds in included["per_seed"].items():
+            rows.setdefault(method, seeds)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=("cpu", "full"), default="cpu")
@@ -140,31 +162,27 @@ def main() -> None:
     parser.add_argument("--methods", default="comm,cross,cross_self")
     runs.add_override_flags(parser)
     parser.add_argument("--include", action="append", default=[],
-                        help="a table.json of the same setting whose per-seed rows of other methods join the table "
-                             "(e.g. runs trained on another machine); repeatable")
+                        help="a table.json of the same setting whose per-seed rows join the table: a method it holds "
+                             "and this call trains keeps those seeds and trains the rest (e.g. seeds trained on another "
+                             "machine); repeatable, the first file holding a method wins")
     args = parser.parse_args()
 
     started = time.time()
+    included = included_rows(args)
     results: dict[str, list[dict[str, float]]] = {}
     for method in args.methods.split(","):
         if method not in PAPER:
             raise SystemExit(f"unknown method {method!r}; known: {sorted(PAPER)}")
-        results[method] = []
-        for seed in range(args.seeds):
+        results[method] = included.pop(method, [])[:args.seeds]
+        if results[method]:
+            print(f"{method}: seeds 0-{len(results[method]) - 1} from --include, training the rest", flush=True)
+        for seed in range(len(results[method]), args.seeds):
             unbiased = pretrain_and_probe(args, method, seed, biased=False)
             biased = pretrain_and_probe(args, method, seed, biased=True)
             results[method].append({k: 100.0 * v for k, v in (
                 ("R", unbiased["probe/R"]), ("U", (unbiased["probe/U1"] + unbiased["probe/U2"]) / 2),
                 ("S", biased["probe/S"]), ("S_bal", biased["probe_bal/S"]))})
-    for path in args.include:
-        with open(path) as f:
-            included = json.load(f)
-        for key in ("variant", "res", "crop"):
-            if included.get(key) != getattr(args, key):
-                raise SystemExit(f"{path}: its {key} is {included.get(key)!r}, this table's {getattr(args, key)!r}")
-        for method, rows in included["per_seed"].items():
-            if method not in results:
-                results[method] = rows
+    results.update(included)
     table = summarise(results)
     checks = target_checks(table)
     os.makedirs(args.root, exist_ok=True)
@@ -172,7 +190,7 @@ def main() -> None:
                             text=True).stdout.strip() or None
     with open(os.path.join(args.root, "table.json"), "w") as f:
         json.dump({"variant": args.variant, "res": args.res, "crop": args.crop,
-                   "seeds": args.seeds, "per_seed": results, "included": args.include,
+                   "seeds": args.seeds, "overrides": args.override, "per_seed": results, "included": args.include,
                    "table": {m: {t: {"mean": v[0], "std": v[1]} for t, v in row.items()} for m, row in table.items()},
                    "paper": PAPER, "targets": checks, "command": " ".join(sys.argv), "commit": commit,
                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),

@@ -101,7 +101,8 @@ def finish_fake_run(workdir, tokens, seed, steps, without_chunk=False):
         json.dump({"step": steps}, f)
 
 
-def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
+def fake_runs(driver, monkeypatch) -> list:
+    """Points the driver at the fake trainer and evaluator (no chart drawn); the list collects their commands."""
     def finish(workdir, flags):
         finish_fake_run(workdir, flags["--config"].split(":", 1)[1], int(flags["--config.seed"]),
                         int(flags["--config.num_steps"]))
@@ -109,6 +110,11 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
     fake_run, calls = fake_runner(metrics_for, finish)
     monkeypatch.setattr(driver.runs, "run", fake_run)
     monkeypatch.setattr(driver, "bar_chart", lambda table, path: open(path, "w").close())
+    return calls
+
+
+def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
+    calls = fake_runs(driver, monkeypatch)
     # One run finished and evaluated before `probe_bal` and `loss.column_chunk` existed: it must be evaluated
     # again, not retrained.
     old = tmp_path / "comm-seed1-biased"
@@ -166,6 +172,40 @@ def test_table_from_fake_runs(driver, tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=re.escape(named)) as stopped:
             driver.main()
         assert "comm-seed0-unbiased" in str(stopped.value) and calls == []
+
+
+def test_included_seeds_of_a_trained_method_are_kept_and_the_rest_trained(driver, tmp_path, monkeypatch):
+    calls = fake_runs(driver, monkeypatch)
+    seed0 = {"R": 97.0, "U": 41.0, "S": 50.0, "S_bal": 52.0}     # measured elsewhere; no work directory here
+    other = {"R": 11.0, "U": 12.0, "S": 13.0, "S_bal": 14.0}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"variant": "cpu", "res": 64, "crop": None, "overrides": ["num_steps=30"],
+                                   "per_seed": {"cross": [seed0], "comm": [other, other]}}))
+    root = tmp_path / "root"
+    argv = ["trifeatures_table.py", "--variant=cpu", "--res=64", f"--root={root}", "--seeds=2", "--methods=cross",
+            "--override", "num_steps=30", f"--include={earlier}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    driver.main()
+
+    trained = sorted(os.path.basename(a.split("=", 1)[1]) for c in calls if c[2] == "comm_jax.train"
+                     for a in c if a.startswith("--workdir="))
+    assert trained == ["cross-seed1-biased", "cross-seed1-unbiased"]
+    out = json.loads((root / "table.json").read_text())
+    unbiased, biased = metrics_for("cross", 1, False), metrics_for("cross", 1, True)
+    seed1 = [100 * unbiased["probe/R"], 50 * (unbiased["probe/U1"] + unbiased["probe/U2"]),
+             100 * biased["probe/S"], 100 * biased["probe_bal/S"]]
+    assert out["per_seed"]["cross"][0] == seed0
+    assert [out["per_seed"]["cross"][1][t] for t in driver.TASKS] == pytest.approx(seed1)
+    for i, task in enumerate(driver.TASKS):
+        assert out["table"]["cross"][task]["mean"] == pytest.approx((seed0[task] + seed1[i]) / 2)
+    assert out["per_seed"]["comm"] == [other, other] and out["overrides"] == ["num_steps=30"]
+
+    # Rows trained for another number of steps do not join.
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", [a.replace("num_steps=30", "num_steps=40") for a in argv])
+    with pytest.raises(SystemExit, match=re.escape(f"{earlier}: its overrides are ['num_steps=30']")):
+        driver.main()
+    assert calls == []
 
 
 def test_target_checks_at_the_boundaries(driver):
